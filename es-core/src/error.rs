@@ -1,0 +1,232 @@
+//! Typed errors. Each variant says what the caller should do about it.
+
+use std::error::Error as StdError;
+
+use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
+
+/// A boxed error from a storage backend, kept as the source of [`StoreError::Storage`].
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// A stream id that cannot be used. Fix the id; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidStreamId {
+    /// The id is empty.
+    #[error("stream id is empty")]
+    Empty,
+    /// The id is longer than the limit.
+    #[error("stream id is {length} bytes, over the limit of {limit}")]
+    TooLong {
+        /// Length of the rejected id in bytes.
+        length: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The id holds a control character (newline, NUL, ...).
+    #[error("stream id {id:?} contains a control character")]
+    ControlCharacter {
+        /// The rejected id.
+        id: String,
+    },
+}
+
+/// Errors of an [`EventStore`](crate::EventStore). Whatever the variant, a failed append wrote
+/// nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended to the stream first. Retryable: reload the stream (or aggregate)
+    /// and decide again; [`Repository`](crate::Repository) does this for you.
+    #[error("conflict on stream {stream}: expected {expected}, but the stream is at {}", display_version(.actual))]
+    Conflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What the writer expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the conflict was seen (None: no events), if known.
+        actual: Option<StreamVersion>,
+    },
+    /// The append held no events. A caller bug: do not call append with nothing to write.
+    #[error("append to stream {stream} holds no events")]
+    EmptyAppend {
+        /// The stream appended to.
+        stream: StreamId,
+    },
+    /// One event's payload and metadata together exceed the store's size limit. Not
+    /// retryable: store large blobs elsewhere and reference them from the event.
+    #[error("event {event_type} for stream {stream} is {size} bytes, over the limit of {limit}")]
+    EventTooLarge {
+        /// The stream appended to.
+        stream: StreamId,
+        /// The offending event's type.
+        event_type: String,
+        /// Its encoded size in bytes.
+        size: usize,
+        /// The store's limit in bytes.
+        limit: usize,
+    },
+    /// An event type name is empty or too long. A caller bug.
+    #[error("invalid event type {event_type:?}: {reason}")]
+    InvalidEventType {
+        /// The rejected name.
+        event_type: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// The backend failed (connection lost, server restarting, ...). The append may be retried
+    /// if [`StoreError::is_transient`] says so; the source tells what happened.
+    #[error("storage error: {message}")]
+    Storage {
+        /// What the store was doing.
+        message: String,
+        /// Whether retrying the same call may succeed.
+        transient: bool,
+        /// The backend's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    /// Whether this is an optimistic concurrency conflict.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+
+    /// Whether the same call may succeed if retried as is (a lost connection, a restart).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Storage { transient: true, .. })
+    }
+}
+
+fn display_version(v: &Option<StreamVersion>) -> String {
+    match v {
+        Some(v) => format!("version {v}"),
+        None => "no stream".to_string(),
+    }
+}
+
+/// An event that could not be turned into its stored form. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// Serde failed to serialise the event or its metadata.
+    #[error("cannot serialise event: {0}")]
+    Serialize(#[source] serde_json::Error),
+    /// The event enum did not serialise as `{"Variant": payload}` (serde's default, externally
+    /// tagged form) or as a unit variant name. Remove `#[serde(tag/untagged)]` from the event enum,
+    /// or implement `DomainEvent::encode` yourself.
+    #[error("event does not serialise as an externally tagged enum: {found}")]
+    NotExternallyTagged {
+        /// A short description of what it serialised to.
+        found: String,
+    },
+    /// The event type is missing from the enum's `DomainEvent::EVENT_TYPES`. Add it there with
+    /// its current schema version.
+    #[error("event type {event_type} is not listed in DomainEvent::EVENT_TYPES")]
+    UnlistedEventType {
+        /// The type name.
+        event_type: String,
+    },
+    /// Metadata given as JSON was not an object of the expected shape.
+    #[error("invalid metadata: {reason}")]
+    InvalidMetadata {
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A stored event that could not be made into the current event type. The event is named so
+/// that an operator can find it; nothing was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// No one registered this event type. Register the event enum that defines it (or an
+    /// upcaster that renames it) in the [`Upcasters`](crate::Upcasters) registry.
+    #[error("unknown event type {event_type} v{schema_version} at stream {stream} version {stream_version}, position {position}: register it")]
+    UnknownEventType {
+        /// The event's stream.
+        stream: StreamId,
+        /// The event's version in its stream.
+        stream_version: StreamVersion,
+        /// The event's global position.
+        position: GlobalPosition,
+        /// The stored type name (after any renames).
+        event_type: String,
+        /// The stored schema version (after any steps).
+        schema_version: u32,
+    },
+    /// The stored schema version has no chain of upcasters to the current version. Register the
+    /// missing step (or deploy the code that knows this newer version).
+    #[error("no upcaster path for {event_type} v{schema_version} to v{current_version} at stream {stream} version {stream_version}, position {position}")]
+    NoUpcastPath {
+        /// The event's stream.
+        stream: StreamId,
+        /// The event's version in its stream.
+        stream_version: StreamVersion,
+        /// The event's global position.
+        position: GlobalPosition,
+        /// The type name reached.
+        event_type: String,
+        /// The schema version reached.
+        schema_version: u32,
+        /// The current schema version of that type.
+        current_version: u32,
+    },
+    /// An upcaster step returned an error for this event.
+    #[error("upcaster for {event_type} v{schema_version} failed at stream {stream} version {stream_version}, position {position}: {message}")]
+    UpcasterFailed {
+        /// The event's stream.
+        stream: StreamId,
+        /// The event's version in its stream.
+        stream_version: StreamVersion,
+        /// The event's global position.
+        position: GlobalPosition,
+        /// The type the failing step takes.
+        event_type: String,
+        /// The version the failing step takes.
+        schema_version: u32,
+        /// The step's message.
+        message: String,
+    },
+    /// The payload does not deserialise into the current event type. Fix the upcaster or the
+    /// event definition; the stored row stays as it is.
+    #[error("malformed payload for {event_type} v{schema_version} at stream {stream} version {stream_version}, position {position}: {source}")]
+    MalformedPayload {
+        /// The event's stream.
+        stream: StreamId,
+        /// The event's version in its stream.
+        stream_version: StreamVersion,
+        /// The event's global position.
+        position: GlobalPosition,
+        /// The type name.
+        event_type: String,
+        /// The schema version.
+        schema_version: u32,
+        /// Serde's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Errors of [`Repository`](crate::Repository) calls.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError<E: StdError + 'static> {
+    /// The aggregate refused the command. Nothing was written; report it to the user.
+    #[error("command rejected: {0}")]
+    Domain(#[source] E),
+    /// Conflicts kept happening after the retry policy's last attempt. Nothing was written; the
+    /// stream is hot: retry later or reduce contention on it.
+    #[error("stream {stream} still conflicted after {attempts} attempts")]
+    TooManyConflicts {
+        /// The stream.
+        stream: StreamId,
+        /// How many times the command was tried.
+        attempts: u32,
+    },
+    /// A stored event could not be decoded. Nothing was written.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The new events could not be encoded. Nothing was written.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The store failed. Nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

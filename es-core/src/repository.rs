@@ -1,0 +1,431 @@
+//! [`Repository`]: load an aggregate, handle a command, append the new events with the loaded
+//! version, and retry on a conflict under a bounded policy.
+//!
+//! Loading reads the latest usable snapshot (if snapshots are on) and the events after it, each
+//! upcast to its current schema before `apply` sees it. A command that loses a race is decided
+//! again on the fresh state: commands must therefore be `Clone`, and `handle` must be a pure
+//! decision (no side effects outside the returned events).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use crate::aggregate::Aggregate;
+use crate::error::{RepositoryError, StoreError};
+use crate::event::{EventData, Metadata};
+use crate::snapshot::{Snapshot, SnapshotPolicy, SnapshotStore, SnapshotWrite};
+use crate::store::EventStore;
+use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
+use crate::upcast::Upcasters;
+
+/// How often and how patiently a command is retried after a conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = never retry).
+    pub max_attempts: u32,
+    /// The backoff before the first retry; it doubles each time, with full jitter.
+    pub initial_backoff: Duration,
+    /// The largest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry: a conflict fails the command at once.
+    pub fn no_retry() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The pause before retry number `retry` (1-based): a random share of the capped
+    /// exponential backoff, so that racing writers spread out.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
+        let cap = exp.min(self.max_backoff);
+        let random = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as u32;
+        cap.mul_f64(f64::from(random) / 1_000_000.0)
+    }
+}
+
+/// An aggregate loaded from its stream.
+#[derive(Debug)]
+pub struct Loaded<A> {
+    /// The folded state.
+    pub state: A,
+    /// The version of the last event folded in (0 for a new stream).
+    pub version: StreamVersion,
+    /// How many events were read and applied (after the snapshot, if one was used).
+    pub events_replayed: usize,
+    /// The version of the snapshot the load started from, if one was used.
+    pub snapshot_version: Option<StreamVersion>,
+}
+
+/// The result of a command that was accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandOutcome<E> {
+    /// The stream's version after the command.
+    pub stream_version: StreamVersion,
+    /// The global position of the last event written; None when the command caused no events.
+    /// Wait for a projection to reach it to read your own write.
+    pub global_position: Option<GlobalPosition>,
+    /// The events the command caused.
+    pub events: Vec<E>,
+    /// How many attempts it took (1 without a conflict).
+    pub attempts: u32,
+}
+
+type ToJson<A> = fn(&A) -> Result<Value, serde_json::Error>;
+type FromJson<A> = fn(Value) -> Result<A, serde_json::Error>;
+
+struct Snapshots<A> {
+    store: Arc<dyn SnapshotStore>,
+    policy: SnapshotPolicy,
+    write: SnapshotWrite,
+    to_json: ToJson<A>,
+    from_json: FromJson<A>,
+}
+
+/// Loads aggregates and executes commands against an [`EventStore`].
+///
+/// ```
+/// # use es_core::{Aggregate, DomainEvent, InMemoryStore, Repository, StreamId};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Default)] struct Counter { value: u64 }
+/// # #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// # enum CounterEvent { Incremented { by: u64 } }
+/// # impl DomainEvent for CounterEvent {
+/// #     const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Incremented", 1)];
+/// # }
+/// # #[derive(Debug, thiserror::Error)] #[error("zero")] struct Zero;
+/// # impl Aggregate for Counter {
+/// #     const TYPE: &'static str = "counter";
+/// #     type Command = u64; type Event = CounterEvent; type Error = Zero;
+/// #     fn handle(&self, by: u64) -> Result<Vec<CounterEvent>, Zero> {
+/// #         if by == 0 { Err(Zero) } else { Ok(vec![CounterEvent::Incremented { by }]) }
+/// #     }
+/// #     fn apply(&mut self, CounterEvent::Incremented { by }: &CounterEvent) { self.value += by; }
+/// # }
+/// # tokio_test_block(async {
+/// let repository = Repository::<Counter>::new(InMemoryStore::new());
+/// let counter = StreamId::new("counter-1")?;
+/// repository.execute(&counter, 2).await?;
+/// let outcome = repository.execute(&counter, 3).await?;
+/// assert_eq!(outcome.stream_version.0, 2);
+/// assert_eq!(repository.load(&counter).await?.state.value, 5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # });
+/// # fn tokio_test_block<F: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>(f: F) {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f).unwrap()
+/// # }
+/// ```
+pub struct Repository<A: Aggregate> {
+    store: Arc<dyn EventStore>,
+    upcasters: Arc<Upcasters>,
+    retry: RetryPolicy,
+    snapshots: Option<Snapshots<A>>,
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// A repository over a store, decoding the aggregate's own event enum with no upcasters.
+    pub fn new(store: impl EventStore) -> Self {
+        Self::from_arc(Arc::new(store))
+    }
+
+    /// A repository over a shared store.
+    pub fn from_arc(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            upcasters: Arc::new(Upcasters::of::<A::Event>()),
+            retry: RetryPolicy::default(),
+            snapshots: None,
+        }
+    }
+
+    /// Uses this registry of event types and upcasters when loading.
+    pub fn with_upcasters(mut self, upcasters: Arc<Upcasters>) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+
+    /// Uses this retry policy on conflicts.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Loads the aggregate at its latest version.
+    pub async fn load(&self, stream: &StreamId) -> Result<Loaded<A>, RepositoryError<A::Error>> {
+        self.load_up_to(stream, None).await
+    }
+
+    /// Loads the aggregate as it was at stream version `version` (for audits). Versions past the
+    /// end load the latest state.
+    pub async fn load_at_version(
+        &self,
+        stream: &StreamId,
+        version: StreamVersion,
+    ) -> Result<Loaded<A>, RepositoryError<A::Error>> {
+        self.load_up_to(stream, Some(version)).await
+    }
+
+    /// Loads the aggregate as it was at a point in time: every event recorded at or before `at`.
+    pub async fn load_as_of(
+        &self,
+        stream: &StreamId,
+        at: DateTime<Utc>,
+    ) -> Result<Loaded<A>, RepositoryError<A::Error>> {
+        let events = self
+            .store
+            .read_stream(stream, StreamVersion::INITIAL, None)
+            .await?;
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: StreamVersion::INITIAL,
+            events_replayed: 0,
+            snapshot_version: None,
+        };
+        for recorded in events.into_iter().take_while(|e| e.recorded_at <= at) {
+            let envelope = self.upcasters.decode_required::<A::Event>(recorded)?;
+            loaded.state.apply(&envelope.event);
+            loaded.version = envelope.stream_version;
+            loaded.events_replayed += 1;
+        }
+        Ok(loaded)
+    }
+
+    async fn load_up_to(
+        &self,
+        stream: &StreamId,
+        up_to: Option<StreamVersion>,
+    ) -> Result<Loaded<A>, RepositoryError<A::Error>> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: StreamVersion::INITIAL,
+            events_replayed: 0,
+            snapshot_version: None,
+        };
+        if let Some(snapshots) = &self.snapshots {
+            if let Some((state, version)) = snapshots.usable(stream, up_to).await {
+                loaded.state = state;
+                loaded.version = version;
+                loaded.snapshot_version = Some(version);
+            }
+        }
+        let events = self.store.read_stream(stream, loaded.version, up_to).await?;
+        for recorded in events {
+            let envelope = self.upcasters.decode_required::<A::Event>(recorded)?;
+            loaded.state.apply(&envelope.event);
+            loaded.version = envelope.stream_version;
+            loaded.events_replayed += 1;
+        }
+        Ok(loaded)
+    }
+
+    /// Executes a command: load, handle, append with the loaded version; on a conflict, reload
+    /// and decide again under the retry policy.
+    pub async fn execute(
+        &self,
+        stream: &StreamId,
+        command: A::Command,
+    ) -> Result<CommandOutcome<A::Event>, RepositoryError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        self.execute_with_metadata(stream, command, Metadata::default())
+            .await
+    }
+
+    /// [`Repository::execute`] with metadata stamped on every new event.
+    pub async fn execute_with_metadata(
+        &self,
+        stream: &StreamId,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<CommandOutcome<A::Event>, RepositoryError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        let max_attempts = self.retry.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let loaded = self.load(stream).await?;
+            let events = loaded
+                .state
+                .handle(command.clone())
+                .map_err(RepositoryError::Domain)?;
+            if events.is_empty() {
+                return Ok(CommandOutcome {
+                    stream_version: loaded.version,
+                    global_position: None,
+                    events,
+                    attempts: attempt,
+                });
+            }
+            let data = events
+                .iter()
+                .map(|event| EventData::from_event(event, metadata.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let expected = ExpectedVersion::Exact(loaded.version);
+            match self.store.append(stream, expected, data).await {
+                Ok(appended) => {
+                    self.maybe_snapshot(stream, loaded, &events, appended.stream_version)
+                        .await;
+                    return Ok(CommandOutcome {
+                        stream_version: appended.stream_version,
+                        global_position: Some(appended.global_position),
+                        events,
+                        attempts: attempt,
+                    });
+                }
+                Err(StoreError::Conflict { actual, .. }) => {
+                    if attempt >= max_attempts {
+                        return Err(RepositoryError::TooManyConflicts {
+                            stream: stream.clone(),
+                            attempts: attempt,
+                        });
+                    }
+                    let pause = self.retry.backoff(attempt);
+                    debug!(
+                        stream = %stream,
+                        attempt,
+                        expected = %loaded.version,
+                        actual = ?actual,
+                        ?pause,
+                        "conflict; reloading and retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    async fn maybe_snapshot(
+        &self,
+        stream: &StreamId,
+        loaded: Loaded<A>,
+        events: &[A::Event],
+        version: StreamVersion,
+    ) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        if !snapshots.policy.is_due(loaded.version, version) {
+            return;
+        }
+        let mut state = loaded.state;
+        for event in events {
+            state.apply(event);
+        }
+        let json = match (snapshots.to_json)(&state) {
+            Ok(json) => json,
+            Err(error) => {
+                warn!(stream = %stream, %error, "cannot serialise snapshot; skipped");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            stream_id: stream.clone(),
+            aggregate_type: A::TYPE.to_string(),
+            stream_version: version,
+            state_version: A::STATE_VERSION,
+            state: json,
+            taken_at: Utc::now(),
+        };
+        let store = snapshots.store.clone();
+        let save = async move {
+            let stream = snapshot.stream_id.clone();
+            if let Err(error) = store.save_snapshot(snapshot).await {
+                warn!(stream = %stream, version = %version, %error, "snapshot write failed; the command stands");
+            }
+        };
+        match snapshots.write {
+            SnapshotWrite::Inline => save.await,
+            SnapshotWrite::Background => {
+                tokio::spawn(save);
+            }
+        }
+    }
+}
+
+impl<A: Aggregate + Serialize + DeserializeOwned> Repository<A> {
+    /// Turns snapshots on: loads start from the latest snapshot of the current
+    /// [`STATE_VERSION`](Aggregate::STATE_VERSION), and appends that reach the policy's boundary
+    /// write one (in the background by default).
+    pub fn with_snapshots(
+        mut self,
+        store: Arc<dyn SnapshotStore>,
+        policy: SnapshotPolicy,
+        write: SnapshotWrite,
+    ) -> Self {
+        self.snapshots = Some(Snapshots {
+            store,
+            policy,
+            write,
+            to_json: |state| serde_json::to_value(state),
+            from_json: |json| serde_json::from_value(json),
+        });
+        self
+    }
+}
+
+impl<A: Aggregate> Snapshots<A> {
+    /// The snapshot to start from, if one is usable. Every failure here only costs a full replay.
+    async fn usable(
+        &self,
+        stream: &StreamId,
+        up_to: Option<StreamVersion>,
+    ) -> Option<(A, StreamVersion)> {
+        let found = match up_to {
+            None => self.store.load_snapshot(stream, A::TYPE).await,
+            Some(max) => self.store.load_snapshot_at(stream, A::TYPE, max).await,
+        };
+        let snapshot = match found {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => return None,
+            Err(error) => {
+                warn!(stream = %stream, %error, "cannot read snapshot; replaying the stream");
+                return None;
+            }
+        };
+        if snapshot.state_version != A::STATE_VERSION {
+            debug!(
+                stream = %stream,
+                snapshot_state_version = snapshot.state_version,
+                current = A::STATE_VERSION,
+                "ignoring snapshot of an older state version"
+            );
+            return None;
+        }
+        match (self.from_json)(snapshot.state) {
+            Ok(state) => Some((state, snapshot.stream_version)),
+            Err(error) => {
+                warn!(stream = %stream, %error, "cannot decode snapshot; replaying the stream");
+                None
+            }
+        }
+    }
+}

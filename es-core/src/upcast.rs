@@ -1,0 +1,495 @@
+//! Upcasting: turning stored events of older schema versions into the current ones, on read.
+//!
+//! Stored rows are never rewritten. Every read path (loading an aggregate, feeding a projector)
+//! goes through [`Upcasters::decode`], so no handler ever sees a legacy shape. The registry is
+//! checked when it is built: a missing step, a duplicate step, or a step that leads nowhere is an
+//! error at start-up, not when the old event is first read.
+//!
+//! ```
+//! use es_core::{DomainEvent, Upcasters};
+//! use serde::{Deserialize, Serialize};
+//! use serde_json::json;
+//!
+//! #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+//! enum DealEvent { Configured { fields: serde_json::Map<String, serde_json::Value> } }
+//! impl DomainEvent for DealEvent {
+//!     const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Configured", 2)];
+//! }
+//!
+//! let upcasters = Upcasters::builder()
+//!     .register::<DealEvent>()
+//!     // v1 was called "DealConfigured" and carried one field at the top level.
+//!     .rename("DealConfigured", 1, "Configured", |payload| {
+//!         Ok(json!({ "fields": payload }))
+//!     })
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(upcasters.current_version("Configured"), Some(2));
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::error::DecodeError;
+use crate::event::{DomainEvent, RecordedEvent};
+use crate::stream::{GlobalPosition, StreamId, StreamVersion};
+
+/// The function of one upcaster step: the stored payload at version N in, version N+1 out.
+pub type UpcastFn = Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
+
+#[derive(Clone)]
+struct Step {
+    to_type: String,
+    function: UpcastFn,
+}
+
+/// A registry that is not consistent. Fix the registration at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpcasterChainError {
+    /// Two registered enums give the same event type different current versions.
+    #[error("event type {event_type} is registered at versions {first} and {second}")]
+    ConflictingVersions {
+        /// The type.
+        event_type: String,
+        /// One version.
+        first: u32,
+        /// The other.
+        second: u32,
+    },
+    /// Two steps start from the same type and version.
+    #[error("two upcasters start from {event_type} v{version}")]
+    DuplicateStep {
+        /// The type.
+        event_type: String,
+        /// The version.
+        version: u32,
+    },
+    /// A step starts at or beyond the type's current version.
+    #[error("upcaster from {event_type} v{version} starts at or beyond the current version {current}")]
+    StepFromCurrent {
+        /// The type.
+        event_type: String,
+        /// The step's starting version.
+        version: u32,
+        /// The registered current version.
+        current: u32,
+    },
+    /// A chain of steps stops at a version below the current one: the next step is missing.
+    #[error("no upcaster from {event_type} v{version} (current is v{current})")]
+    MissingStep {
+        /// The type reached.
+        event_type: String,
+        /// The version reached.
+        version: u32,
+        /// The current version of that type.
+        current: u32,
+    },
+    /// A chain of steps ends at a type no registered enum defines.
+    #[error("upcasters lead from {from_type} v{from_version} to {event_type} v{version}, which no registered event enum defines")]
+    UnknownTarget {
+        /// Where the chain started.
+        from_type: String,
+        /// Its starting version.
+        from_version: u32,
+        /// The type it ends at.
+        event_type: String,
+        /// The version it ends at.
+        version: u32,
+    },
+    /// A chain of steps returns to a type and version it already passed.
+    #[error("upcasters from {event_type} v{version} form a cycle")]
+    Cycle {
+        /// Where the cycle was found.
+        event_type: String,
+        /// The version.
+        version: u32,
+    },
+}
+
+/// Collects event enums and upcaster steps; [`UpcastersBuilder::build`] checks them.
+#[derive(Default)]
+pub struct UpcastersBuilder {
+    current: Vec<(String, u32)>,
+    steps: Vec<(String, u32, Step)>,
+}
+
+impl UpcastersBuilder {
+    /// Registers every event type of an enum at its current version.
+    pub fn register<E: DomainEvent>(mut self) -> Self {
+        self.current.extend(
+            E::EVENT_TYPES
+                .iter()
+                .map(|(name, version)| (name.to_string(), *version)),
+        );
+        self
+    }
+
+    /// Adds a step that takes `event_type` from `from_version` to `from_version + 1`.
+    pub fn step<F>(self, event_type: &str, from_version: u32, upcast: F) -> Self
+    where
+        F: Fn(Value) -> Result<Value, String> + Send + Sync + 'static,
+    {
+        self.rename(event_type, from_version, event_type, upcast)
+    }
+
+    /// Adds a step that takes `old_type` at `from_version` to `new_type` at `from_version + 1`.
+    pub fn rename<F>(mut self, old_type: &str, from_version: u32, new_type: &str, upcast: F) -> Self
+    where
+        F: Fn(Value) -> Result<Value, String> + Send + Sync + 'static,
+    {
+        self.steps.push((
+            old_type.to_string(),
+            from_version,
+            Step {
+                to_type: new_type.to_string(),
+                function: Arc::new(upcast),
+            },
+        ));
+        self
+    }
+
+    /// Checks the registry: no conflicting versions, no duplicate step, and every chain of steps
+    /// ends exactly at a registered type's current version.
+    pub fn build(self) -> Result<Upcasters, UpcasterChainError> {
+        let mut current: HashMap<String, u32> = HashMap::new();
+        for (name, version) in self.current {
+            match current.get(&name) {
+                Some(&first) if first != version => {
+                    return Err(UpcasterChainError::ConflictingVersions {
+                        event_type: name,
+                        first,
+                        second: version,
+                    })
+                }
+                _ => {
+                    current.insert(name, version);
+                }
+            }
+        }
+        let mut steps: HashMap<(String, u32), Step> = HashMap::new();
+        for (event_type, version, step) in self.steps {
+            if let Some(&cur) = current.get(&event_type) {
+                if version >= cur {
+                    return Err(UpcasterChainError::StepFromCurrent {
+                        event_type,
+                        version,
+                        current: cur,
+                    });
+                }
+            }
+            let key = (event_type, version);
+            if steps.contains_key(&key) {
+                return Err(UpcasterChainError::DuplicateStep {
+                    event_type: key.0,
+                    version: key.1,
+                });
+            }
+            steps.insert(key, step);
+        }
+        // Walk every chain to its end: it must end at a registered current version.
+        for (from_type, from_version) in steps.keys() {
+            let mut seen = HashSet::new();
+            let (mut event_type, mut version) = (from_type.clone(), *from_version);
+            while let Some(step) = steps.get(&(event_type.clone(), version)) {
+                if !seen.insert((event_type.clone(), version)) {
+                    return Err(UpcasterChainError::Cycle {
+                        event_type,
+                        version,
+                    });
+                }
+                event_type = step.to_type.clone();
+                version += 1;
+            }
+            match current.get(&event_type) {
+                None => {
+                    return Err(UpcasterChainError::UnknownTarget {
+                        from_type: from_type.clone(),
+                        from_version: *from_version,
+                        event_type,
+                        version,
+                    })
+                }
+                Some(&cur) if cur != version => {
+                    return Err(UpcasterChainError::MissingStep {
+                        event_type,
+                        version,
+                        current: cur,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Upcasters { current, steps })
+    }
+}
+
+/// A checked registry of event types and upcaster steps: the one place where stored events
+/// become current ones.
+#[derive(Clone)]
+pub struct Upcasters {
+    current: HashMap<String, u32>,
+    steps: HashMap<(String, u32), Step>,
+}
+
+impl std::fmt::Debug for Upcasters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upcasters")
+            .field("current", &self.current)
+            .field("steps", &self.steps.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A decoded event with its envelope: what aggregates' loaders and projectors receive.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventEnvelope<E> {
+    /// The event, in its current shape.
+    pub event: E,
+    /// Unique id of the event.
+    pub event_id: uuid::Uuid,
+    /// The stream it belongs to.
+    pub stream_id: StreamId,
+    /// Its version within the stream.
+    pub stream_version: StreamVersion,
+    /// Its position in the global log.
+    pub global_position: GlobalPosition,
+    /// Its current type name.
+    pub event_type: String,
+    /// Who and what caused it.
+    pub metadata: crate::event::Metadata,
+    /// When it was recorded.
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Upcasters {
+    /// Starts a registry.
+    pub fn builder() -> UpcastersBuilder {
+        UpcastersBuilder::default()
+    }
+
+    /// A registry of one event enum with no upcasters.
+    pub fn of<E: DomainEvent>() -> Self {
+        Upcasters {
+            current: E::EVENT_TYPES
+                .iter()
+                .map(|(name, version)| (name.to_string(), *version))
+                .collect(),
+            steps: HashMap::new(),
+        }
+    }
+
+    /// The current schema version of a registered type.
+    pub fn current_version(&self, event_type: &str) -> Option<u32> {
+        self.current.get(event_type).copied()
+    }
+
+    /// Brings a stored event to the current version of its (possibly renamed) type.
+    pub fn upcast(&self, mut event: RecordedEvent) -> Result<RecordedEvent, DecodeError> {
+        loop {
+            let key = (event.event_type, event.schema_version);
+            match self.steps.get(&key) {
+                Some(step) => {
+                    let payload = std::mem::take(&mut event.payload);
+                    event.payload = (step.function)(payload).map_err(|message| {
+                        DecodeError::UpcasterFailed {
+                            stream: event.stream_id.clone(),
+                            stream_version: event.stream_version,
+                            position: event.global_position,
+                            event_type: key.0.clone(),
+                            schema_version: key.1,
+                            message,
+                        }
+                    })?;
+                    event.event_type = step.to_type.clone();
+                    event.schema_version = key.1 + 1;
+                }
+                None => {
+                    (event.event_type, event.schema_version) = key;
+                    break;
+                }
+            }
+        }
+        match self.current.get(&event.event_type) {
+            None => Err(DecodeError::UnknownEventType {
+                stream: event.stream_id,
+                stream_version: event.stream_version,
+                position: event.global_position,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+            }),
+            Some(&current) if current != event.schema_version => Err(DecodeError::NoUpcastPath {
+                stream: event.stream_id,
+                stream_version: event.stream_version,
+                position: event.global_position,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                current_version: current,
+            }),
+            Some(_) => Ok(event),
+        }
+    }
+
+    /// Upcasts a stored event and decodes it as `E`. Returns `Ok(None)` for a registered type
+    /// that `E` does not define (a projector that does not handle it simply skips it).
+    pub fn decode<E: DomainEvent>(
+        &self,
+        event: RecordedEvent,
+    ) -> Result<Option<EventEnvelope<E>>, DecodeError> {
+        let event = self.upcast(event)?;
+        if !E::handles(&event.event_type) {
+            return Ok(None);
+        }
+        let decoded = E::decode(&event.event_type, event.payload).map_err(|source| {
+            DecodeError::MalformedPayload {
+                stream: event.stream_id.clone(),
+                stream_version: event.stream_version,
+                position: event.global_position,
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                source,
+            }
+        })?;
+        Ok(Some(EventEnvelope {
+            event: decoded,
+            event_id: event.event_id,
+            stream_id: event.stream_id,
+            stream_version: event.stream_version,
+            global_position: event.global_position,
+            event_type: event.event_type,
+            metadata: event.metadata,
+            recorded_at: event.recorded_at,
+        }))
+    }
+
+    /// Like [`Upcasters::decode`], but an event `E` does not define is an error: an aggregate's
+    /// stream must hold only its own events.
+    pub fn decode_required<E: DomainEvent>(
+        &self,
+        event: RecordedEvent,
+    ) -> Result<EventEnvelope<E>, DecodeError> {
+        let (stream, stream_version, position) =
+            (event.stream_id.clone(), event.stream_version, event.global_position);
+        let (event_type, schema_version) = (event.event_type.clone(), event.schema_version);
+        self.decode::<E>(event)?
+            .ok_or(DecodeError::UnknownEventType {
+                stream,
+                stream_version,
+                position,
+                event_type,
+                schema_version,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Metadata;
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    enum E {
+        Configured { gas: u32, unit: String },
+        Closed,
+    }
+    impl DomainEvent for E {
+        const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Configured", 3), ("Closed", 1)];
+    }
+
+    fn stored(event_type: &str, version: u32, payload: Value) -> RecordedEvent {
+        RecordedEvent {
+            event_id: uuid::Uuid::nil(),
+            stream_id: StreamId::new("s").unwrap(),
+            stream_version: StreamVersion(1),
+            global_position: GlobalPosition(7),
+            event_type: event_type.into(),
+            schema_version: version,
+            payload,
+            metadata: Metadata::default(),
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    fn full() -> UpcastersBuilder {
+        Upcasters::builder()
+            .register::<E>()
+            .rename("GasSet", 1, "Configured", |p| Ok(json!({ "gas": p["value"] })))
+            .step("Configured", 2, |mut p| {
+                p["unit"] = json!("kWh");
+                Ok(p)
+            })
+    }
+
+    #[test]
+    fn old_versions_and_renames_reach_the_current_shape() {
+        let up = full().build().unwrap();
+        let current = E::Configured { gas: 5, unit: "kWh".into() };
+        let from_v1 = up.decode::<E>(stored("GasSet", 1, json!({"value": 5}))).unwrap().unwrap();
+        assert_eq!(from_v1.event, current);
+        assert_eq!(from_v1.event_type, "Configured");
+        let from_v2 = up.decode::<E>(stored("Configured", 2, json!({"gas": 5}))).unwrap().unwrap();
+        assert_eq!(from_v2.event, current);
+        let v3 = up
+            .decode::<E>(stored("Configured", 3, json!({"gas": 5, "unit": "kWh"})))
+            .unwrap()
+            .unwrap();
+        assert_eq!(v3.event, current);
+    }
+
+    #[test]
+    fn chains_are_checked_at_build() {
+        // v2 -> v3 missing.
+        let missing = Upcasters::builder()
+            .register::<E>()
+            .step("Configured", 1, Ok)
+            .build();
+        assert_eq!(
+            missing.err(),
+            Some(UpcasterChainError::MissingStep { event_type: "Configured".into(), version: 2, current: 3 })
+        );
+        let duplicate = full().step("Configured", 2, Ok).build();
+        assert!(matches!(duplicate, Err(UpcasterChainError::DuplicateStep { version: 2, .. })));
+        let beyond = full().step("Configured", 3, Ok).build();
+        assert!(matches!(beyond, Err(UpcasterChainError::StepFromCurrent { .. })));
+        let nowhere = Upcasters::builder().register::<E>().rename("Old", 1, "Gone", Ok).build();
+        assert!(matches!(nowhere, Err(UpcasterChainError::UnknownTarget { .. })));
+    }
+
+    #[test]
+    fn unknown_types_and_versions_are_typed_errors() {
+        let up = full().build().unwrap();
+        assert!(matches!(
+            up.decode::<E>(stored("Mystery", 1, json!({}))),
+            Err(DecodeError::UnknownEventType { position: GlobalPosition(7), .. })
+        ));
+        assert!(matches!(
+            up.decode::<E>(stored("Configured", 9, json!({}))),
+            Err(DecodeError::NoUpcastPath { schema_version: 9, current_version: 3, .. })
+        ));
+        assert!(matches!(
+            up.decode::<E>(stored("Configured", 3, json!({"gas": "x"}))),
+            Err(DecodeError::MalformedPayload { .. })
+        ));
+    }
+
+    #[test]
+    fn registered_types_an_enum_does_not_define_are_skipped() {
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        enum OnlyClosed {
+            Closed,
+        }
+        impl DomainEvent for OnlyClosed {
+            const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Closed", 1)];
+        }
+        let up = full().build().unwrap();
+        let skipped = up.decode::<OnlyClosed>(stored("Configured", 3, json!({"gas": 1, "unit": "x"})));
+        assert!(matches!(skipped, Ok(None)));
+        assert!(matches!(
+            up.decode_required::<OnlyClosed>(stored("Configured", 3, json!({"gas": 1, "unit": "x"}))),
+            Err(DecodeError::UnknownEventType { .. })
+        ));
+    }
+}

@@ -1,0 +1,8 @@
+//! The in-memory store passes the same conformance suite as the PostgreSQL store.
+
+use es_core::{conformance, InMemoryStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_memory_store_conforms() {
+    conformance::run_all(|| async { InMemoryStore::new() }).await;
+}
