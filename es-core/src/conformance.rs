@@ -52,7 +52,10 @@ pub async fn append_and_read_back<S: EventStore>(store: S) {
         correlation_id: Some(uuid::Uuid::new_v4()),
         ..Metadata::default()
     };
-    batch[1].metadata.headers.insert("tenant".into(), json!("t1"));
+    batch[1]
+        .metadata
+        .headers
+        .insert("tenant".into(), json!("t1"));
     let result = store
         .append(&s, ExpectedVersion::NoStream, batch.clone())
         .await
@@ -72,14 +75,19 @@ pub async fn append_and_read_back<S: EventStore>(store: S) {
         assert_eq!(stored.payload, written.payload);
         assert_eq!(stored.metadata, written.metadata);
     }
-    assert!(read.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    assert!(read
+        .windows(2)
+        .all(|w| w[0].global_position < w[1].global_position));
     assert_eq!(read[2].global_position, result.global_position);
     assert_eq!(
         store.stream_version(&s).await.expect("stream version"),
         Some(StreamVersion(3))
     );
     assert_eq!(
-        store.stream_version(&stream("missing")).await.expect("stream version"),
+        store
+            .stream_version(&stream("missing"))
+            .await
+            .expect("stream version"),
         None
     );
     assert!(store
@@ -100,7 +108,11 @@ pub async fn expected_versions_are_enforced<S: EventStore>(store: S) {
         "StreamExists on a missing stream must conflict, got {conflict:?}"
     );
     store
-        .append(&s, ExpectedVersion::Exact(StreamVersion::INITIAL), events(2, "a"))
+        .append(
+            &s,
+            ExpectedVersion::Exact(StreamVersion::INITIAL),
+            events(2, "a"),
+        )
         .await
         .expect("Exact(0) on a missing stream");
     for expected in [
@@ -112,9 +124,15 @@ pub async fn expected_versions_are_enforced<S: EventStore>(store: S) {
         let result = store.append(&s, expected, events(2, "bad")).await;
         match result {
             Err(StoreError::Conflict {
-                actual, expected: e, ..
+                actual,
+                expected: e,
+                ..
             }) => {
-                assert_eq!(actual, Some(StreamVersion(2)), "conflict reports the actual version");
+                assert_eq!(
+                    actual,
+                    Some(StreamVersion(2)),
+                    "conflict reports the actual version"
+                );
                 assert_eq!(e, expected);
             }
             other => panic!("{expected:?} on a stream at 2 must conflict, got {other:?}"),
@@ -145,7 +163,10 @@ pub async fn read_stream_ranges<S: EventStore>(store: S) {
         .await
         .expect("append");
     let versions = |events: Vec<crate::RecordedEvent>| {
-        events.iter().map(|e| e.stream_version.0).collect::<Vec<_>>()
+        events
+            .iter()
+            .map(|e| e.stream_version.0)
+            .collect::<Vec<_>>()
     };
     let middle = store
         .read_stream(&s, StreamVersion(3), Some(StreamVersion(6)))
@@ -187,7 +208,9 @@ pub async fn read_all_in_position_order<S: EventStore>(store: S) {
         seen.extend(batch);
     }
     assert_eq!(seen.len(), 30);
-    assert!(seen.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    assert!(seen
+        .windows(2)
+        .all(|w| w[0].global_position < w[1].global_position));
     for name in ["a", "b", "c"] {
         let versions: Vec<u64> = seen
             .iter()
@@ -203,12 +226,18 @@ pub async fn read_all_in_position_order<S: EventStore>(store: S) {
 pub async fn bad_input_writes_nothing<S: EventStore>(store: S) {
     let s = stream("conformance-bad-input");
     let empty = store.append(&s, ExpectedVersion::Any, Vec::new()).await;
-    assert!(matches!(empty, Err(StoreError::EmptyAppend { .. })), "{empty:?}");
+    assert!(
+        matches!(empty, Err(StoreError::EmptyAppend { .. })),
+        "{empty:?}"
+    );
 
     let mut batch = events(100, "batch");
     batch[42] = EventData::raw("Huge", 1, json!({ "blob": "x".repeat(2 * 1024 * 1024) }));
     let huge = store.append(&s, ExpectedVersion::Any, batch).await;
-    assert!(matches!(huge, Err(StoreError::EventTooLarge { .. })), "{huge:?}");
+    assert!(
+        matches!(huge, Err(StoreError::EventTooLarge { .. })),
+        "{huge:?}"
+    );
 
     let mut batch = events(100, "batch");
     batch[42].event_type = String::new();
@@ -261,7 +290,11 @@ pub async fn concurrent_appends_have_one_winner<S: EventStore>(store: Arc<S>, ta
             Err(other) => panic!("a losing append must be a Conflict, got {other:?}"),
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one of {tasks} racing appends wins");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one of {tasks} racing appends wins"
+    );
     let stored: Vec<_> = store
         .read_stream(&s, StreamVersion(1), None)
         .await
@@ -269,7 +302,10 @@ pub async fn concurrent_appends_have_one_winner<S: EventStore>(store: Arc<S>, ta
         .into_iter()
         .map(|e| e.event_id)
         .collect();
-    assert_eq!(stored, winners[0], "the stream holds exactly the winner's events");
+    assert_eq!(
+        stored, winners[0],
+        "the stream holds exactly the winner's events"
+    );
 }
 
 /// `writers` tasks each append `appends` times to their own stream: every event is stored once,
@@ -318,6 +354,9 @@ pub async fn concurrent_writers_on_distinct_streams<S: EventStore>(
         let expected: Vec<String> = (0..appends)
             .map(|i| json!(format!("{w}-{i}")).to_string())
             .collect();
-        assert_eq!(tags, expected, "each stream holds its writer's events in order");
+        assert_eq!(
+            tags, expected,
+            "each stream holds its writer's events in order"
+        );
     }
 }

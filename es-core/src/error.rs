@@ -93,7 +93,13 @@ impl StoreError {
 
     /// Whether the same call may succeed if retried as is (a lost connection, a restart).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Storage { transient: true, .. })
+        matches!(
+            self,
+            StoreError::Storage {
+                transient: true,
+                ..
+            }
+        )
     }
 }
 

@@ -40,7 +40,9 @@ use crate::stream::{GlobalPosition, StreamId, StreamVersion};
 /// assert_eq!(AccountEvent::decode(&event_type, payload).unwrap(), AccountEvent::Deposited { amount: 5 });
 /// assert_eq!(AccountEvent::current_version("Deposited"), Some(2));
 /// ```
-pub trait DomainEvent: Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static {
+pub trait DomainEvent:
+    Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
+{
     /// Every event type this enum defines, with its current schema version.
     const EVENT_TYPES: &'static [(&'static str, u32)];
 
@@ -62,11 +64,12 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Clone + std::fmt::Debug + 
         match serde_json::to_value(self).map_err(EncodeError::Serialize)? {
             Value::String(unit_variant) => Ok((unit_variant, Value::Null)),
             Value::Object(map) if map.len() == 1 => {
-                let (name, payload) = map.into_iter().next().ok_or_else(|| {
-                    EncodeError::NotExternallyTagged {
-                        found: "an empty object".into(),
-                    }
-                })?;
+                let (name, payload) =
+                    map.into_iter()
+                        .next()
+                        .ok_or_else(|| EncodeError::NotExternallyTagged {
+                            found: "an empty object".into(),
+                        })?;
                 Ok((name, payload))
             }
             other => Err(EncodeError::NotExternallyTagged {
@@ -164,8 +167,8 @@ impl EventData {
     /// Encodes a domain event, stamping its current schema version.
     pub fn from_event<E: DomainEvent>(event: &E, metadata: Metadata) -> Result<Self, EncodeError> {
         let (event_type, payload) = event.encode()?;
-        let schema_version = E::current_version(&event_type)
-            .ok_or_else(|| EncodeError::UnlistedEventType {
+        let schema_version =
+            E::current_version(&event_type).ok_or_else(|| EncodeError::UnlistedEventType {
                 event_type: event_type.clone(),
             })?;
         Ok(Self {
@@ -271,7 +274,8 @@ mod tests {
     fn metadata_must_be_an_object() {
         assert!(Metadata::from_json(serde_json::json!([1])).is_err());
         assert!(Metadata::from_json(serde_json::json!({"correlation_id": 5})).is_err());
-        let m = Metadata::from_json(serde_json::json!({"actor": "ann", "headers": {"t": 1}})).unwrap();
+        let m =
+            Metadata::from_json(serde_json::json!({"actor": "ann", "headers": {"t": 1}})).unwrap();
         assert_eq!(m.actor.as_deref(), Some("ann"));
         assert_eq!(Metadata::from_json(m.to_json()).unwrap(), m);
     }

@@ -77,9 +77,7 @@ pub mod conformance;
 pub mod testing;
 
 pub use aggregate::Aggregate;
-pub use error::{
-    BoxError, DecodeError, EncodeError, InvalidStreamId, RepositoryError, StoreError,
-};
+pub use error::{BoxError, DecodeError, EncodeError, InvalidStreamId, RepositoryError, StoreError};
 pub use event::{DomainEvent, EventData, Metadata, RecordedEvent};
 pub use memory::InMemoryStore;
 pub use repository::{CommandOutcome, Loaded, Repository, RetryPolicy};

@@ -45,7 +45,9 @@ impl InMemoryStore {
     fn lock(&self) -> MutexGuard<'_, Log> {
         // A panic while holding the lock cannot leave the log half-written (appends push only
         // after every check), so a poisoned lock is still consistent.
-        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -91,7 +93,10 @@ impl EventStore for InMemoryStore {
                 recorded_at,
             });
         }
-        log.streams.entry(stream.clone()).or_default().extend(indexes);
+        log.streams
+            .entry(stream.clone())
+            .or_default()
+            .extend(indexes);
         Ok(AppendResult {
             stream_version: version,
             global_position: position,
@@ -155,7 +160,8 @@ impl SnapshotStore for InMemoryStore {
         let mut log = self.lock();
         let key = (snapshot.stream_id.clone(), snapshot.aggregate_type.clone());
         let newer = log.snapshots.get(&key).is_none_or(|old| {
-            old.stream_version < snapshot.stream_version || old.state_version != snapshot.state_version
+            old.stream_version < snapshot.stream_version
+                || old.state_version != snapshot.state_version
         });
         if newer {
             log.snapshots.insert(key, snapshot);

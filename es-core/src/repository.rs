@@ -233,7 +233,10 @@ impl<A: Aggregate> Repository<A> {
                 loaded.snapshot_version = Some(version);
             }
         }
-        let events = self.store.read_stream(stream, loaded.version, up_to).await?;
+        let events = self
+            .store
+            .read_stream(stream, loaded.version, up_to)
+            .await?;
         for recorded in events {
             let envelope = self.upcasters.decode_required::<A::Event>(recorded)?;
             loaded.state.apply(&envelope.event);

@@ -178,7 +178,10 @@ mod tests {
             StreamId::new("a\nb"),
             Err(InvalidStreamId::ControlCharacter { .. })
         ));
-        assert_eq!(StreamId::new("deal-1").map(String::from), Ok("deal-1".into()));
+        assert_eq!(
+            StreamId::new("deal-1").map(String::from),
+            Ok("deal-1".into())
+        );
         assert!(serde_json::from_str::<StreamId>("\"\"").is_err());
     }
 

@@ -67,7 +67,9 @@ pub enum UpcasterChainError {
         version: u32,
     },
     /// A step starts at or beyond the type's current version.
-    #[error("upcaster from {event_type} v{version} starts at or beyond the current version {current}")]
+    #[error(
+        "upcaster from {event_type} v{version} starts at or beyond the current version {current}"
+    )]
     StepFromCurrent {
         /// The type.
         event_type: String,
@@ -369,8 +371,11 @@ impl Upcasters {
         &self,
         event: RecordedEvent,
     ) -> Result<EventEnvelope<E>, DecodeError> {
-        let (stream, stream_version, position) =
-            (event.stream_id.clone(), event.stream_version, event.global_position);
+        let (stream, stream_version, position) = (
+            event.stream_id.clone(),
+            event.stream_version,
+            event.global_position,
+        );
         let (event_type, schema_version) = (event.event_type.clone(), event.schema_version);
         self.decode::<E>(event)?
             .ok_or(DecodeError::UnknownEventType {
@@ -416,7 +421,9 @@ mod tests {
     fn full() -> UpcastersBuilder {
         Upcasters::builder()
             .register::<E>()
-            .rename("GasSet", 1, "Configured", |p| Ok(json!({ "gas": p["value"] })))
+            .rename("GasSet", 1, "Configured", |p| {
+                Ok(json!({ "gas": p["value"] }))
+            })
             .step("Configured", 2, |mut p| {
                 p["unit"] = json!("kWh");
                 Ok(p)
@@ -426,11 +433,20 @@ mod tests {
     #[test]
     fn old_versions_and_renames_reach_the_current_shape() {
         let up = full().build().unwrap();
-        let current = E::Configured { gas: 5, unit: "kWh".into() };
-        let from_v1 = up.decode::<E>(stored("GasSet", 1, json!({"value": 5}))).unwrap().unwrap();
+        let current = E::Configured {
+            gas: 5,
+            unit: "kWh".into(),
+        };
+        let from_v1 = up
+            .decode::<E>(stored("GasSet", 1, json!({"value": 5})))
+            .unwrap()
+            .unwrap();
         assert_eq!(from_v1.event, current);
         assert_eq!(from_v1.event_type, "Configured");
-        let from_v2 = up.decode::<E>(stored("Configured", 2, json!({"gas": 5}))).unwrap().unwrap();
+        let from_v2 = up
+            .decode::<E>(stored("Configured", 2, json!({"gas": 5})))
+            .unwrap()
+            .unwrap();
         assert_eq!(from_v2.event, current);
         let v3 = up
             .decode::<E>(stored("Configured", 3, json!({"gas": 5, "unit": "kWh"})))
@@ -448,14 +464,30 @@ mod tests {
             .build();
         assert_eq!(
             missing.err(),
-            Some(UpcasterChainError::MissingStep { event_type: "Configured".into(), version: 2, current: 3 })
+            Some(UpcasterChainError::MissingStep {
+                event_type: "Configured".into(),
+                version: 2,
+                current: 3
+            })
         );
         let duplicate = full().step("Configured", 2, Ok).build();
-        assert!(matches!(duplicate, Err(UpcasterChainError::DuplicateStep { version: 2, .. })));
+        assert!(matches!(
+            duplicate,
+            Err(UpcasterChainError::DuplicateStep { version: 2, .. })
+        ));
         let beyond = full().step("Configured", 3, Ok).build();
-        assert!(matches!(beyond, Err(UpcasterChainError::StepFromCurrent { .. })));
-        let nowhere = Upcasters::builder().register::<E>().rename("Old", 1, "Gone", Ok).build();
-        assert!(matches!(nowhere, Err(UpcasterChainError::UnknownTarget { .. })));
+        assert!(matches!(
+            beyond,
+            Err(UpcasterChainError::StepFromCurrent { .. })
+        ));
+        let nowhere = Upcasters::builder()
+            .register::<E>()
+            .rename("Old", 1, "Gone", Ok)
+            .build();
+        assert!(matches!(
+            nowhere,
+            Err(UpcasterChainError::UnknownTarget { .. })
+        ));
     }
 
     #[test]
@@ -463,11 +495,18 @@ mod tests {
         let up = full().build().unwrap();
         assert!(matches!(
             up.decode::<E>(stored("Mystery", 1, json!({}))),
-            Err(DecodeError::UnknownEventType { position: GlobalPosition(7), .. })
+            Err(DecodeError::UnknownEventType {
+                position: GlobalPosition(7),
+                ..
+            })
         ));
         assert!(matches!(
             up.decode::<E>(stored("Configured", 9, json!({}))),
-            Err(DecodeError::NoUpcastPath { schema_version: 9, current_version: 3, .. })
+            Err(DecodeError::NoUpcastPath {
+                schema_version: 9,
+                current_version: 3,
+                ..
+            })
         ));
         assert!(matches!(
             up.decode::<E>(stored("Configured", 3, json!({"gas": "x"}))),
@@ -485,10 +524,15 @@ mod tests {
             const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Closed", 1)];
         }
         let up = full().build().unwrap();
-        let skipped = up.decode::<OnlyClosed>(stored("Configured", 3, json!({"gas": 1, "unit": "x"})));
+        let skipped =
+            up.decode::<OnlyClosed>(stored("Configured", 3, json!({"gas": 1, "unit": "x"})));
         assert!(matches!(skipped, Ok(None)));
         assert!(matches!(
-            up.decode_required::<OnlyClosed>(stored("Configured", 3, json!({"gas": 1, "unit": "x"}))),
+            up.decode_required::<OnlyClosed>(stored(
+                "Configured",
+                3,
+                json!({"gas": 1, "unit": "x"})
+            )),
             Err(DecodeError::UnknownEventType { .. })
         ));
     }

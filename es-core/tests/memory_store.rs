@@ -1,5 +1,7 @@
 //! The in-memory store passes the same conformance suite as the PostgreSQL store.
 
+#![allow(clippy::unwrap_used)]
+
 use es_core::{conformance, InMemoryStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,1 +1,47 @@
-//! placeholder
+//! `es-postgres`: es-core's event store on PostgreSQL, with sqlx.
+//!
+//! - [`migrate`] applies the embedded migrations: the `es_events` table (UNIQUE (stream_id,
+//!   stream_version), a global position, the writing transaction's id for gap-safe tailing,
+//!   a trigger refusing UPDATE, DELETE and TRUNCATE), snapshots, and the projection tables.
+//! - [`PgEventStore`] implements [`es_core::EventStore`] and [`es_core::SnapshotStore`]: one
+//!   statement per append, conflicts typed, NOTIFY after commit.
+//!
+//! ```no_run
+//! use es_core::{EventData, EventStore, ExpectedVersion, StreamId};
+//! use es_postgres::PgEventStore;
+//! use serde_json::json;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+//! es_postgres::migrate(&pool).await?;
+//! let store = PgEventStore::new(pool);
+//! let deal = StreamId::new("deal-1")?;
+//! let appended = store
+//!     .append(&deal, ExpectedVersion::NoStream, vec![EventData::raw("Created", 1, json!({}))])
+//!     .await?;
+//! println!("deal-1 is at version {} (position {})", appended.stream_version, appended.global_position);
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`store`] (appends, reads, snapshots), [`notify`] (wake-ups), [`error`] (how
+//! database errors become typed ones), and with the `testing` feature `testing` (a fresh
+//! database per test).
+
+pub mod error;
+pub mod notify;
+mod row;
+pub mod store;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use notify::NOTIFY_CHANNEL;
+pub use store::PgEventStore;
+
+/// The embedded migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Applies the embedded migrations (idempotent; concurrent callers wait on each other).
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

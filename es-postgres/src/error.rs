@@ -1,0 +1,50 @@
+//! Mapping sqlx errors to es-core's typed errors.
+
+use es_core::StoreError;
+
+/// The name of the unique constraint that makes concurrent appends conflict.
+pub const STREAM_VERSION_CONSTRAINT: &str = "es_events_stream_version_key";
+
+/// Whether an error is a violation of our (stream_id, stream_version) constraint, matched by
+/// name: any other unique violation (a duplicate event id, a user's own constraint) is not a
+/// concurrency conflict.
+pub fn is_stream_version_conflict(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() && db.constraint() == Some(STREAM_VERSION_CONSTRAINT)
+        }
+        _ => false,
+    }
+}
+
+/// Whether retrying the same call may succeed: lost connections, restarts, pool exhaustion,
+/// serialization failures and deadlocks.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            let code = code.as_ref();
+            code.starts_with("08") // connection exception
+                || code == "40001" // serialization failure
+                || code == "40P01" // deadlock
+                || code == "57P01" // admin shutdown
+                || code == "57P02" // crash shutdown
+                || code == "57P03" // cannot connect now
+                || code == "53300" // too many connections
+        }),
+        _ => false,
+    }
+}
+
+/// Wraps a sqlx error as a storage error, saying what was being done.
+pub fn storage(message: impl Into<String>, error: sqlx::Error) -> StoreError {
+    StoreError::Storage {
+        message: message.into(),
+        transient: is_transient(&error),
+        source: Box::new(error),
+    }
+}

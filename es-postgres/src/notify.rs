@@ -1,0 +1,47 @@
+//! Waking workers after appends: NOTIFY on [`NOTIFY_CHANNEL`], coalesced, after commit.
+//!
+//! A notification is only a wake-up call. Notifications sent while a listener's connection is
+//! down are lost, so correctness never depends on them: workers read the log by checkpoint and
+//! poll as a fallback. The notifier sends from a background task on its own pooled connection
+//! rather than inside the append's transaction, because a transaction that issues NOTIFY takes
+//! a database-wide lock at commit, which would serialise every appending writer's commit.
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+/// The channel the store notifies after appends.
+pub const NOTIFY_CHANNEL: &str = "es_events";
+
+/// Coalescing sender of wake-ups: many appends in quick succession send few notifications.
+#[derive(Clone, Debug)]
+pub(crate) struct Notifier {
+    wake: mpsc::Sender<()>,
+}
+
+impl Notifier {
+    /// Starts the sending task on the current tokio runtime, if there is one.
+    pub(crate) fn start(pool: PgPool) -> Option<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        // Capacity one: a wake-up already pending covers every append made before it is sent.
+        let (wake, mut pending) = mpsc::channel::<()>(1);
+        runtime.spawn(async move {
+            while pending.recv().await.is_some() {
+                if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(NOTIFY_CHANNEL)
+                    .execute(&pool)
+                    .await
+                {
+                    // Workers poll as a fallback; a lost wake-up only adds latency.
+                    debug!(%error, "NOTIFY failed; workers will find the events by polling");
+                }
+            }
+        });
+        Some(Self { wake })
+    }
+
+    /// Asks for a notification; returns at once.
+    pub(crate) fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+}

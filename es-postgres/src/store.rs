@@ -1,0 +1,298 @@
+//! [`PgEventStore`]: es-core's [`EventStore`] and [`SnapshotStore`] on PostgreSQL.
+//!
+//! Guarantees: an append is one statement, so one transaction: all of its events or none. The
+//! expected version is checked in that statement, and the unique constraint
+//! `es_events_stream_version_key` settles races between writers that checked at the same time:
+//! of N concurrent appends with the same expected version exactly one commits and the others get
+//! [`StoreError::Conflict`]. After a successful append the store wakes workers with NOTIFY on
+//! [`NOTIFY_CHANNEL`](crate::NOTIFY_CHANNEL) (coalesced; see [`crate::notify`]).
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use es_core::{
+    AppendResult, EventData, EventStore, ExpectedVersion, GlobalPosition, RecordedEvent, Snapshot,
+    SnapshotStore, StoreError, StoreLimits, StreamId, StreamVersion,
+};
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use tracing::{debug, trace};
+use uuid::Uuid;
+
+use crate::error::{is_stream_version_conflict, storage};
+use crate::notify::Notifier;
+use crate::row::recorded_event;
+
+const APPEND: &str = include_str!("sql/append.sql");
+const READ_STREAM: &str = include_str!("sql/read_stream.sql");
+const READ_ALL: &str = include_str!("sql/read_all.sql");
+const LOAD_SNAPSHOT: &str = include_str!("sql/load_snapshot.sql");
+const SAVE_SNAPSHOT: &str = include_str!("sql/save_snapshot.sql");
+
+/// How many times an append with [`ExpectedVersion::Any`] retries a version race by itself.
+const ANY_RETRIES: usize = 10;
+
+/// The PostgreSQL event store. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct PgEventStore {
+    pool: PgPool,
+    limits: StoreLimits,
+    notify: bool,
+    notifier: Arc<OnceLock<Option<Notifier>>>,
+}
+
+impl std::fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("limits", &self.limits)
+            .field("notify", &self.notify)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgEventStore {
+    /// A store on a pool whose database has the migrations applied ([`crate::migrate`]).
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            limits: StoreLimits::default(),
+            notify: true,
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Enforces these limits on appends.
+    pub fn with_limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sends no NOTIFY after appends (workers then find new events by polling only).
+    pub fn without_notify(mut self) -> Self {
+        self.notify = false;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn wake_workers(&self) {
+        if !self.notify {
+            return;
+        }
+        let notifier = self
+            .notifier
+            .get_or_init(|| Notifier::start(self.pool.clone()));
+        if let Some(notifier) = notifier {
+            notifier.wake();
+        }
+    }
+
+    async fn append_once(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        columns: &Columns,
+    ) -> Result<AppendResult, StoreError> {
+        let (kind, exact) = match expected {
+            ExpectedVersion::Any => ("any", 0),
+            ExpectedVersion::NoStream => ("no_stream", 0),
+            ExpectedVersion::StreamExists => ("stream_exists", 0),
+            ExpectedVersion::Exact(v) => ("exact", to_i64(v.0)),
+        };
+        let result = sqlx::query(APPEND)
+            .bind(stream.as_str())
+            .bind(kind)
+            .bind(exact)
+            .bind(&columns.event_ids)
+            .bind(&columns.event_types)
+            .bind(&columns.schema_versions)
+            .bind(&columns.payloads)
+            .bind(&columns.metadata)
+            .fetch_one(&self.pool)
+            .await;
+        let row = match result {
+            Ok(row) => row,
+            Err(error) if is_stream_version_conflict(&error) => {
+                let actual = self.stream_version(stream).await.ok().flatten();
+                return Err(StoreError::Conflict {
+                    stream: stream.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            Err(error) => return Err(storage(format!("appending to stream {stream}"), error)),
+        };
+        let get = |e| storage("decoding the append result", e);
+        let current: Option<i64> = row.try_get("current_version").map_err(get)?;
+        let last_version: Option<i64> = row.try_get("last_version").map_err(get)?;
+        let last_position: Option<i64> = row.try_get("last_position").map_err(get)?;
+        match (last_version, last_position) {
+            (Some(version), Some(position)) => Ok(AppendResult {
+                stream_version: StreamVersion(version as u64),
+                global_position: GlobalPosition(position),
+            }),
+            _ => Err(StoreError::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual: current.map(|v| StreamVersion(v as u64)),
+            }),
+        }
+    }
+}
+
+/// An append's events as the column arrays the append statement unnests.
+struct Columns {
+    event_ids: Vec<Uuid>,
+    event_types: Vec<String>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<Value>,
+    metadata: Vec<Value>,
+}
+
+impl Columns {
+    fn new(events: Vec<EventData>) -> Self {
+        let mut columns = Columns {
+            event_ids: Vec::with_capacity(events.len()),
+            event_types: Vec::with_capacity(events.len()),
+            schema_versions: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metadata: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            columns.metadata.push(event.metadata.to_json());
+            columns.event_ids.push(event.event_id);
+            columns.event_types.push(event.event_type);
+            columns
+                .schema_versions
+                .push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+            columns.payloads.push(event.payload);
+        }
+        columns
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        self.limits.check(stream, &events)?;
+        let count = events.len();
+        let columns = Columns::new(events);
+        let mut attempt = 1;
+        let appended = loop {
+            match self.append_once(stream, expected, &columns).await {
+                // With Any the caller has no expectation to break: a lost race is retried here.
+                Err(StoreError::Conflict { .. })
+                    if expected == ExpectedVersion::Any && attempt < ANY_RETRIES =>
+                {
+                    trace!(stream = %stream, attempt, "version race on an Any append; retrying");
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        debug!(
+            stream = %stream,
+            events = count,
+            version = %appended.stream_version,
+            position = %appended.global_position,
+            "appended"
+        );
+        self.wake_workers();
+        Ok(appended)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        after: StreamVersion,
+        up_to: Option<StreamVersion>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(READ_STREAM)
+            .bind(stream.as_str())
+            .bind(to_i64(after.0))
+            .bind(up_to.map_or(i64::MAX, |v| to_i64(v.0)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| storage(format!("reading stream {stream}"), e))?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(READ_ALL)
+            .bind(after.0)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| storage("reading the global log", e))?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<StreamVersion>, StoreError> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT max(stream_version) FROM es_events WHERE stream_id = $1")
+                .bind(stream.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| storage(format!("reading the version of stream {stream}"), e))?;
+        Ok(version.map(|v| StreamVersion(v as u64)))
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for PgEventStore {
+    async fn load_snapshot(
+        &self,
+        stream: &StreamId,
+        aggregate_type: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(LOAD_SNAPSHOT)
+            .bind(stream.as_str())
+            .bind(aggregate_type)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| storage(format!("loading the snapshot of {stream}"), e))?;
+        let Some(row) = row else { return Ok(None) };
+        let get = |e| storage("decoding a snapshot row", e);
+        let version: i64 = row.try_get("stream_version").map_err(get)?;
+        let state_version: i32 = row.try_get("state_version").map_err(get)?;
+        Ok(Some(Snapshot {
+            stream_id: stream.clone(),
+            aggregate_type: aggregate_type.to_string(),
+            stream_version: StreamVersion(version.max(0) as u64),
+            state_version: state_version.max(0) as u32,
+            state: row.try_get("state").map_err(get)?,
+            taken_at: row.try_get::<DateTime<Utc>, _>("taken_at").map_err(get)?,
+        }))
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        sqlx::query(SAVE_SNAPSHOT)
+            .bind(snapshot.stream_id.as_str())
+            .bind(&snapshot.aggregate_type)
+            .bind(to_i64(snapshot.stream_version.0))
+            .bind(i32::try_from(snapshot.state_version).unwrap_or(i32::MAX))
+            .bind(&snapshot.state)
+            .bind(snapshot.taken_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| storage(format!("saving the snapshot of {}", snapshot.stream_id), e))?;
+        Ok(())
+    }
+}

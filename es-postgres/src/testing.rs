@@ -1,0 +1,91 @@
+//! A fresh, migrated database per test, on the server named by `DATABASE_URL`.
+//!
+//! Each [`TestDatabase`] creates `es_test_<uuid>`, applies the migrations, and drops the
+//! database (terminating its connections) when it goes out of scope.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+/// A throw-away database for one test.
+pub struct TestDatabase {
+    /// A pool on the new database.
+    pub pool: PgPool,
+    /// Its connection URL (for child processes).
+    pub url: String,
+    name: String,
+    admin: PgConnectOptions,
+}
+
+impl TestDatabase {
+    /// Creates a migrated database with a pool of up to 20 connections.
+    pub async fn create() -> Self {
+        Self::with_max_connections(20).await
+    }
+
+    /// Creates a migrated database with a pool of up to `max_connections`.
+    ///
+    /// # Panics
+    /// When `DATABASE_URL` is not set or the server cannot be reached: tests cannot run then.
+    pub async fn with_max_connections(max_connections: u32) -> Self {
+        let url = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL must name a PostgreSQL server for integration tests (scripts/test sets it)");
+        let admin = PgConnectOptions::from_str(&url)
+            .expect("DATABASE_URL is a valid PostgreSQL URL")
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let name = format!("es_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect_with(&admin)
+            .await
+            .expect("connect to DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE template0"))
+            .execute(&mut conn)
+            .await
+            .expect("create a test database");
+        conn.close().await.ok();
+        let options = admin.clone().database(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options.clone())
+            .await
+            .expect("connect to the test database");
+        crate::migrate(&pool).await.expect("apply migrations");
+        let url = options.to_url_lossy().to_string();
+        Self {
+            pool,
+            url,
+            name,
+            admin,
+        }
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (name, admin) = (self.name.clone(), self.admin.clone());
+        // Drop may run inside the test's runtime, which is blocked while we wait here: use a
+        // private runtime on a plain thread, and leave the pool alone (its connections belong to
+        // the blocked runtime). DROP ... WITH (FORCE) ends them server-side.
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}

@@ -1,0 +1,256 @@
+//! PgEventStore against a real PostgreSQL, a fresh database per test.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+
+use es_core::{
+    conformance, EventData, EventStore, ExpectedVersion, GlobalPosition, StoreError, StreamId,
+    StreamVersion,
+};
+use es_postgres::testing::TestDatabase;
+use es_postgres::{PgEventStore, NOTIFY_CHANNEL};
+use serde_json::json;
+
+fn stream(name: &str) -> StreamId {
+    StreamId::new(name).unwrap()
+}
+
+fn event(i: usize) -> EventData {
+    EventData::raw("Happened", 1, json!({ "i": i }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_conforms() {
+    let databases = Arc::new(Mutex::new(Vec::new()));
+    let keep = databases.clone();
+    conformance::run_all(move || {
+        let keep = keep.clone();
+        async move {
+            let db = TestDatabase::with_max_connections(40).await;
+            let store = PgEventStore::new(db.pool.clone());
+            keep.lock().unwrap().push(db);
+            store
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_writers_a_thousand_appends_each() {
+    let db = TestDatabase::with_max_connections(16).await;
+    let store = Arc::new(PgEventStore::new(db.pool.clone()));
+    conformance::concurrent_writers_on_distinct_streams(store, 8, 1000).await;
+    let (count, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT (stream_id, stream_version)) FROM es_events",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((count, distinct), (8000, 8000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_racing_appends_one_winner() {
+    let db = TestDatabase::with_max_connections(40).await;
+    let store = Arc::new(PgEventStore::new(db.pool.clone()));
+    // Repeat: one lucky interleaving proves little.
+    for round in 0..5 {
+        let s = stream(&format!("race-{round}"));
+        store
+            .append(&s, ExpectedVersion::NoStream, vec![event(0)])
+            .await
+            .unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(32));
+        let tasks: Vec<_> = (0..32)
+            .map(|t| {
+                let (store, s, barrier) = (store.clone(), s.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .append(
+                            &s,
+                            ExpectedVersion::Exact(StreamVersion(1)),
+                            vec![event(t), event(t)],
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => wins += 1,
+                Err(StoreError::Conflict { actual, .. }) => {
+                    assert!(actual >= Some(StreamVersion(1)));
+                }
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(wins, 1);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM es_events WHERE stream_id = $1")
+            .bind(s.as_str())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 3, "seed plus the winner's two events");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_any_appends_all_succeed_with_contiguous_versions() {
+    let db = TestDatabase::with_max_connections(20).await;
+    let store = Arc::new(PgEventStore::new(db.pool.clone()));
+    let s = stream("any-race");
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let (store, s) = (store.clone(), s.clone());
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    store
+                        .append(&s, ExpectedVersion::Any, vec![event(t * 100 + i)])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let events = store
+        .read_stream(&s, StreamVersion::INITIAL, None)
+        .await
+        .unwrap();
+    let versions: Vec<u64> = events.iter().map(|e| e.stream_version.0).collect();
+    assert_eq!(versions, (1..=160).collect::<Vec<_>>());
+    assert!(events
+        .windows(2)
+        .all(|w| w[0].global_position < w[1].global_position));
+}
+
+#[tokio::test]
+async fn events_cannot_be_updated_deleted_or_truncated() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    store
+        .append(
+            &stream("immutable"),
+            ExpectedVersion::NoStream,
+            vec![event(1)],
+        )
+        .await
+        .unwrap();
+    for statement in [
+        "UPDATE es_events SET payload = '{}'",
+        "DELETE FROM es_events",
+        "TRUNCATE es_events",
+    ] {
+        let error = sqlx::query(statement).execute(&db.pool).await.unwrap_err();
+        assert!(
+            error.to_string().contains("append-only"),
+            "{statement} must fail: {error}"
+        );
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM es_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn only_our_constraint_is_a_conflict() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let first = event(1);
+    store
+        .append(&stream("a"), ExpectedVersion::NoStream, vec![first.clone()])
+        .await
+        .unwrap();
+    // The same event id again, on another stream: a unique violation, but not a version race.
+    let duplicate = store
+        .append(
+            &stream("b"),
+            ExpectedVersion::NoStream,
+            vec![event(2), first],
+        )
+        .await;
+    match duplicate {
+        Err(StoreError::Storage { transient, .. }) => assert!(!transient),
+        other => panic!("a duplicate event id must be a storage error, got {other:?}"),
+    }
+    assert_eq!(store.stream_version(&stream("b")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn invalid_batches_write_nothing_at_all() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone()).with_limits(es_core::StoreLimits {
+        max_event_bytes: 1000,
+    });
+    let s = stream("limits");
+    let mut batch: Vec<_> = (0..100).map(event).collect();
+    batch[42] = EventData::raw("Big", 1, json!({ "blob": "x".repeat(1000) }));
+    let result = store.append(&s, ExpectedVersion::NoStream, batch).await;
+    assert!(
+        matches!(&result, Err(StoreError::EventTooLarge { size, limit: 1000, .. }) if *size > 1000),
+        "{result:?}"
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM es_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    // The sequence did not move either: the check happens before the database is asked.
+    let appended = store
+        .append(&s, ExpectedVersion::NoStream, vec![event(0)])
+        .await
+        .unwrap();
+    assert_eq!(appended.global_position, GlobalPosition(1));
+}
+
+#[tokio::test]
+async fn appends_wake_listeners() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen(NOTIFY_CHANNEL).await.unwrap();
+    store
+        .append(&stream("wake"), ExpectedVersion::NoStream, vec![event(1)])
+        .await
+        .unwrap();
+    let notification = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification within 10 s")
+        .unwrap();
+    assert_eq!(notification.channel(), NOTIFY_CHANNEL);
+}
+
+#[tokio::test]
+async fn the_writing_transaction_is_recorded_before_the_position() {
+    // The gap-aware reader's premise: within one append, all rows carry the same transaction id,
+    // and every row of a later-started transaction that took a higher position has an id that
+    // was assigned before its position was taken. We check the visible part: one id per append.
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    for i in 0..5 {
+        store
+            .append(
+                &stream(&format!("x{i}")),
+                ExpectedVersion::NoStream,
+                (0..3).map(event).collect(),
+            )
+            .await
+            .unwrap();
+    }
+    let per_append: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(DISTINCT transaction_id)::bigint FROM es_events GROUP BY stream_id ORDER BY stream_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(per_append, vec![1; 5]);
+}
