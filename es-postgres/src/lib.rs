@@ -23,11 +23,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`store`] (appends, reads, snapshots), [`notify`] (wake-ups), [`error`] (how
+//! Modules: [`store`] (appends, reads, snapshots), [`log_reader`] (tailing the global log
+//! without skipping events that commit out of order), [`notify`] (wake-ups), [`error`] (how
 //! database errors become typed ones), and with the `testing` feature `testing` (a fresh
 //! database per test).
 
 pub mod error;
+pub mod log_reader;
 pub mod notify;
 mod row;
 pub mod store;
@@ -35,6 +37,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use log_reader::{read_batch, Hole, Horizon, LogBatch, LogCursor};
 pub use notify::NOTIFY_CHANNEL;
 pub use store::PgEventStore;
 

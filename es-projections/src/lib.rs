@@ -1,1 +1,60 @@
-//! placeholder
+//! `es-projections`: the read side. Projectors turn the event log into read tables; workers run
+//! them, checkpointed and leased; operators run, inspect and rebuild them from a CLI.
+//!
+//! Which do I need?
+//! - Write a [`Projector`] for each read model: `setup` creates its tables, `apply` writes a
+//!   batch of typed events inside the runtime's transaction (the checkpoint commits with it).
+//! - Run them with a [`Worker`] in a binary built on [`cli::main`]: `run` tails the log
+//!   (NOTIFY-woken, polling as fallback), `status` shows lag, leases and errors, `rebuild NAME`
+//!   replays from scratch, `rebuild NAME --shadow` builds the next version beside the live one
+//!   and switches atomically (use it when reads must not see a half-built table).
+//! - After a command, [`wait_for`] the append's position to read your own write.
+//! - Projections here are asynchronous: they trail the write by milliseconds. For a read that
+//!   must be in the command's own transaction, query the aggregate instead.
+//!
+//! Guarantees (see [`worker`]): every committed event applied exactly once in effect, per-stream
+//! order, nothing skipped when transactions commit out of order ([`es_postgres::log_reader`]),
+//! at most one applier per projection across processes, resume from the checkpoint after a
+//! crash.
+//!
+//! ```no_run
+//! # use async_trait::async_trait;
+//! # use es_core::{DomainEvent, EventEnvelope, Upcasters};
+//! # use es_projections::{Projector, ProjectorError, Tables, Worker};
+//! # use serde::{Deserialize, Serialize};
+//! # use sqlx::PgConnection;
+//! # #[derive(Clone, Debug, Serialize, Deserialize)] enum E { Happened }
+//! # impl DomainEvent for E { const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Happened", 1)]; }
+//! # struct Counts;
+//! # #[async_trait] impl Projector for Counts {
+//! #   type Event = E; fn name(&self) -> &str { "counts" } fn tables(&self) -> &[&'static str] { &["counts"] }
+//! #   async fn setup(&self, _: &mut PgConnection, _: &Tables) -> Result<(), ProjectorError> { Ok(()) }
+//! #   async fn apply(&self, _: &mut PgConnection, _: &Tables, _: &[EventEnvelope<E>]) -> Result<(), ProjectorError> { Ok(()) }
+//! # }
+//! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! let worker = Worker::new(pool, Upcasters::of::<E>()).projection(Counts)?;
+//! worker.run(es_projections::cli::shutdown_signal()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules in reading order: [`projector`], [`worker`], [`checkpoint`] (leases and fencing),
+//! [`engine`] (one batch), [`rebuild`], [`status`], [`wait`], [`views`], [`cli`].
+
+pub mod checkpoint;
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod projector;
+pub mod rebuild;
+pub mod status;
+pub mod views;
+pub mod wait;
+pub mod worker;
+
+pub use engine::{BatchOutcome, ErrorPolicy};
+pub use error::{EventRef, InvalidName, ProjectionError, ProjectorError};
+pub use projector::{Projector, Tables};
+pub use rebuild::{rebuild, RebuildOptions, RebuildProgress, RebuildReport};
+pub use status::{status, Status};
+pub use wait::wait_for;
+pub use worker::{Worker, WorkerConfig};

@@ -1,0 +1,20 @@
+-- One batch of the global log for a gap-aware reader, in ONE statement so that the snapshot
+-- horizon returned and the rows returned come from the same snapshot.
+--   $1 watermark: return visible rows above it, in position order, at most $2 of them;
+--   $3, $4: the starts and ends of holes below the watermark: return any row now visible there.
+-- The horizon row (xmin, xmax of the statement's snapshot) is always returned, with or without
+-- events (LEFT JOIN).
+WITH horizon AS MATERIALIZED (
+    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax
+), batch AS (
+    (SELECT * FROM es_events WHERE global_position > $1 ORDER BY global_position LIMIT $2)
+    UNION ALL
+    (SELECT e.* FROM es_events e
+     JOIN unnest($3::bigint[], $4::bigint[]) AS h(first_position, last_position)
+       ON e.global_position BETWEEN h.first_position AND h.last_position)
+)
+SELECT horizon.xmin, horizon.xmax,
+       b.global_position, b.event_id, b.stream_id, b.stream_version, b.event_type,
+       b.schema_version, b.payload, b.metadata, b.recorded_at
+FROM horizon LEFT JOIN batch b ON true

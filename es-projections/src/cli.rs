@@ -1,0 +1,210 @@
+//! The command line of worker binaries: `run`, `status`, `rebuild`.
+//!
+//! A worker binary is a `main` that registers its projections and hands over to [`main`]:
+//!
+//! ```no_run
+//! # use es_projections::{Worker, ProjectionError};
+//! # fn my_upcasters() -> es_core::Upcasters { unimplemented_registry() }
+//! # fn unimplemented_registry() -> es_core::Upcasters { es_core::Upcasters::builder().build().unwrap() }
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     es_projections::cli::main("deal-worker", |pool| {
+//!         Worker::new(pool, my_upcasters()) // .projection(DealsProjector)?
+//!             .projection_list_done()
+//!     })
+//!     .await
+//! }
+//! # trait Done { fn projection_list_done(self) -> Result<Worker, ProjectionError>; }
+//! # impl Done for Worker { fn projection_list_done(self) -> Result<Worker, ProjectionError> { Ok(self) } }
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::engine::ErrorPolicy;
+use crate::error::ProjectionError;
+use crate::rebuild::{rebuild, RebuildOptions};
+use crate::status::status;
+use crate::worker::Worker;
+
+#[derive(Parser, Debug)]
+struct Cli {
+    /// The PostgreSQL database holding the events and the read tables.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run projections until SIGINT or SIGTERM (standing by while another process holds a lease).
+    Run {
+        /// Run only these projections (repeatable); all by default.
+        #[arg(long = "projection", value_name = "NAME")]
+        projections: Vec<String>,
+        /// Events per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Poll interval in milliseconds when no notification arrives.
+        #[arg(long, default_value_t = 500)]
+        poll_ms: u64,
+        /// Lease length in milliseconds: a standby takes over this long after the holder dies.
+        #[arg(long, default_value_t = 10_000)]
+        lease_ms: u64,
+        /// Park events that cannot be decoded or applied in es_dead_letters instead of stopping.
+        #[arg(long)]
+        dead_letter: bool,
+    },
+    /// Show each projection's checkpoint, lag, lease and errors, and what holds the horizon.
+    Status,
+    /// Reset a projection and replay the whole log (resumes an interrupted rebuild).
+    Rebuild {
+        /// The projection.
+        name: String,
+        /// Build the next generation beside the live one, then switch atomically.
+        #[arg(long)]
+        shadow: bool,
+        /// Start over instead of resuming an interrupted rebuild.
+        #[arg(long)]
+        restart: bool,
+        /// Events per transaction.
+        #[arg(long, default_value_t = 5000)]
+        batch_size: usize,
+    },
+}
+
+/// Parses the command line, connects, migrates, and runs the command with the worker `build`
+/// makes. Logs go to stderr (`RUST_LOG` filters, default `info`).
+pub async fn main(
+    binary: &str,
+    build: impl FnOnce(PgPool) -> Result<Worker, ProjectionError>,
+) -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match execute(cli, build).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{binary}: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(
+    cli: Cli,
+    build: impl FnOnce(PgPool) -> Result<Worker, ProjectionError>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&cli.database_url)
+        .await?;
+    es_postgres::migrate(&pool).await?;
+    let worker = build(pool.clone())?;
+    match cli.command {
+        Command::Run {
+            projections,
+            batch_size,
+            poll_ms,
+            lease_ms,
+            dead_letter,
+        } => {
+            let mut config = worker.config().clone();
+            config.batch_size = batch_size;
+            config.poll_interval = Duration::from_millis(poll_ms);
+            config.lease_ttl = Duration::from_millis(lease_ms);
+            config.error_policy = if dead_letter {
+                ErrorPolicy::DeadLetter
+            } else {
+                ErrorPolicy::Stop
+            };
+            let worker = worker.with_config(config);
+            worker.run_only(&projections, shutdown_signal()).await?;
+        }
+        Command::Status => print!("{}", status(&pool).await?),
+        Command::Rebuild {
+            name,
+            shadow,
+            restart,
+            batch_size,
+        } => {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {msg} [{bar:40}] {pos}/{len} positions, {per_sec}, ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_message(format!("rebuilding {name}"));
+            let options = RebuildOptions {
+                batch_size,
+                shadow,
+                restart,
+            };
+            let rebuilt = rebuild(&worker, &name, &options, |p| {
+                bar.set_length(p.head.max(0) as u64);
+                bar.set_position(p.position.max(0) as u64);
+            });
+            tokio::select! {
+                report = rebuilt => {
+                    bar.finish_and_clear();
+                    let report = report?;
+                    println!(
+                        "rebuilt {} (generation {}{}): {} events in {:.1} s ({:.0} events/s)",
+                        report.projection,
+                        report.generation,
+                        if report.resumed { ", resumed" } else { "" },
+                        report.applied,
+                        report.elapsed.as_secs_f64(),
+                        report.applied as f64 / report.elapsed.as_secs_f64().max(1e-9),
+                    );
+                }
+                _ = shutdown_signal() => {
+                    bar.abandon();
+                    println!("interrupted: run the same command again to resume");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,121 @@
+//! Errors of the projection runtime. Each names the projection and, where there is one, the
+//! event, so that an operator can find it.
+
+use es_core::{BoxError, DecodeError, GlobalPosition, StoreError, StreamId, StreamVersion};
+
+/// An error from a projector's own code (`setup`, `apply`, `reset`).
+pub type ProjectorError = BoxError;
+
+/// A name that cannot be used for a projection or a table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} name {name:?}: use 1 to 40 lowercase letters, digits and underscores, starting with a letter")]
+pub struct InvalidName {
+    /// What the name was for ("projection", "table").
+    pub kind: &'static str,
+    /// The rejected name.
+    pub name: String,
+}
+
+/// Identifies the event a projection stopped on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef {
+    /// Its stream.
+    pub stream: StreamId,
+    /// Its version in the stream.
+    pub stream_version: StreamVersion,
+    /// Its global position.
+    pub position: GlobalPosition,
+    /// Its type (as stored).
+    pub event_type: String,
+}
+
+impl std::fmt::Display for EventRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at stream {} version {}, position {}",
+            self.event_type, self.stream, self.stream_version, self.position
+        )
+    }
+}
+
+/// Errors of workers, rebuilds and status queries.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// A stored event could not be decoded for this projection (unknown type, no upcaster path,
+    /// malformed payload). The projection stopped with its checkpoint before the event: register
+    /// the type or the upcaster and restart, or use the dead-letter policy.
+    #[error("projection {projection} cannot decode an event: {source}")]
+    Decode {
+        /// The projection.
+        projection: String,
+        /// What went wrong, naming the event.
+        #[source]
+        source: DecodeError,
+    },
+    /// The projector's `apply` failed on this event. The projection stopped with its checkpoint
+    /// before the batch: fix the projector (or the data) and restart.
+    #[error("projection {projection} failed to apply {event}: {source}")]
+    Handler {
+        /// The projection.
+        projection: String,
+        /// The event it failed on.
+        event: EventRef,
+        /// The projector's error.
+        #[source]
+        source: ProjectorError,
+    },
+    /// The projector's `setup` or `reset` failed.
+    #[error("projection {projection}: {action} failed: {source}")]
+    Projector {
+        /// The projection.
+        projection: String,
+        /// What it was doing.
+        action: &'static str,
+        /// The projector's error.
+        #[source]
+        source: ProjectorError,
+    },
+    /// Another process holds the projection's lease (or took it over): this process must not
+    /// apply. Not an error for a standby worker; for a rebuild, stop the workers or use a
+    /// shadow rebuild.
+    #[error("projection {projection} is leased by {owner}")]
+    LeaseHeld {
+        /// The projection.
+        projection: String,
+        /// Who holds it.
+        owner: String,
+    },
+    /// No projection of that name is registered with this binary.
+    #[error("no projection named {0} is registered")]
+    UnknownProjection(String),
+    /// A name is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// Waiting for a projection to reach a position took too long.
+    #[error("projection {projection} did not reach position {position} within {timeout:?}")]
+    Timeout {
+        /// The projection.
+        projection: String,
+        /// The position waited for.
+        position: GlobalPosition,
+        /// How long we waited.
+        timeout: std::time::Duration,
+    },
+    /// The database failed. Transient failures are retried by workers with backoff.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ProjectionError {
+    /// Whether retrying later may succeed (a lost connection, a restarting server).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ProjectionError::Store(e) if e.is_transient())
+    }
+}
+
+impl From<sqlx::Error> for ProjectionError {
+    fn from(error: sqlx::Error) -> Self {
+        ProjectionError::Store(es_postgres::error::storage("projection bookkeeping", error))
+    }
+}
