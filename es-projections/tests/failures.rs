@@ -1,0 +1,295 @@
+//! A bad event stops a projection loudly, naming it, with the checkpoint before it; the
+//! dead-letter policy parks it instead. Upcasting happens before the projector sees events.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use es_core::{EventData, EventStore, ExpectedVersion, StreamId, Upcasters};
+use es_postgres::testing::TestDatabase;
+use es_postgres::PgEventStore;
+use es_projections::{ErrorPolicy, ProjectionError, Worker};
+use serde_json::json;
+
+async fn append(
+    store: &PgEventStore,
+    stream: &str,
+    event_type: &str,
+    payload: serde_json::Value,
+) -> i64 {
+    store
+        .append(
+            &StreamId::new(stream).unwrap(),
+            ExpectedVersion::Any,
+            vec![EventData::raw(event_type, 1, payload)],
+        )
+        .await
+        .unwrap()
+        .global_position
+        .0
+}
+
+async fn checkpoint(db: &TestDatabase) -> (i64, String, Option<String>) {
+    sqlx::query_as("SELECT watermark, state, last_error FROM es_projections WHERE name = 'audit'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_error_stops_the_projection_naming_the_event() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    for i in 0..5 {
+        append(&store, "a", "Counted", json!({"n": i})).await;
+    }
+    let poison = append(&store, "b", "Poison", json!(null)).await;
+    for i in 0..5 {
+        append(&store, "a", "Counted", json!({"n": i})).await;
+    }
+    // One batch holds everything: the good events before the poison must roll back with it.
+    let mut config = fast_config("stopper");
+    config.batch_size = 1000;
+    let worker = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
+        .projection(Audit { name: "audit" })
+        .unwrap()
+        .with_config(config);
+    let result = tokio::time::timeout(Duration::from_secs(30), worker.run(std::future::pending()))
+        .await
+        .expect("the worker stops by itself");
+    match result {
+        Err(ProjectionError::Handler {
+            projection, event, ..
+        }) => {
+            assert_eq!(projection, "audit");
+            assert_eq!(event.position.0, poison);
+            assert_eq!(event.stream.as_str(), "b");
+            assert_eq!(event.event_type, "Poison");
+        }
+        other => panic!("expected a handler error, got {other:?}"),
+    }
+    let (watermark, state, error) = checkpoint(&db).await;
+    assert_eq!(watermark, 0, "the checkpoint stays before the failed batch");
+    assert_eq!(state, "failed");
+    assert!(error.unwrap().contains(&format!("position {poison}")));
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_applied")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 0);
+    let status = es_projections::status(&db.pool).await.unwrap();
+    assert!(status.to_string().contains("last error of audit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_policy_parks_the_event_and_applies_the_rest() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    for i in 0..5 {
+        append(&store, "a", "Counted", json!({"n": i})).await;
+    }
+    let poison = append(&store, "b", "Poison", json!(null)).await;
+    let undecodable = append(&store, "c", "Counted", json!({"n": "not a number"})).await;
+    for i in 0..5 {
+        append(&store, "a", "Counted", json!({"n": i})).await;
+    }
+    let mut config = fast_config("parker");
+    config.error_policy = ErrorPolicy::DeadLetter;
+    let worker = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
+        .projection(Audit { name: "audit" })
+        .unwrap()
+        .with_config(config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    wait_caught_up(&db.pool, "audit", Duration::from_secs(30)).await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let parked: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT global_position, event_type FROM es_dead_letters WHERE projection = 'audit' ORDER BY global_position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        parked,
+        vec![(poison, "Poison".into()), (undecodable, "Counted".into())]
+    );
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_applied")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unregistered_event_type_stops_the_worker_with_a_typed_error() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    append(&store, "a", "Counted", json!({"n": 1})).await;
+    let mystery = append(&store, "m", "Mystery", json!({})).await;
+    let worker = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
+        .projection(Audit { name: "audit" })
+        .unwrap()
+        .with_config(fast_config("typed"));
+    let result = tokio::time::timeout(Duration::from_secs(30), worker.run(std::future::pending()))
+        .await
+        .unwrap();
+    match result {
+        Err(ProjectionError::Decode {
+            source:
+                es_core::DecodeError::UnknownEventType {
+                    position,
+                    event_type,
+                    stream,
+                    ..
+                },
+            ..
+        }) => {
+            assert_eq!(position.0, mystery);
+            assert_eq!(event_type, "Mystery");
+            assert_eq!(stream.as_str(), "m");
+        }
+        other => panic!("expected UnknownEventType, got {other:?}"),
+    }
+}
+
+/// Stored as v1 "Increment" {"by"} and v1 "Counted" {"n"} by an old deployment; the projector
+/// only knows Counted v2 and must receive every event in that shape.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Current {
+    Counted { n: i64, unit: String },
+}
+
+impl es_core::DomainEvent for Current {
+    const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Counted", 2)];
+}
+
+struct Sums;
+
+#[async_trait::async_trait]
+impl es_projections::Projector for Sums {
+    type Event = Current;
+    fn name(&self) -> &str {
+        "sums"
+    }
+    fn tables(&self) -> &[&'static str] {
+        &["sums"]
+    }
+    async fn setup(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tables: &es_projections::Tables,
+    ) -> Result<(), es_projections::ProjectorError> {
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (stream_id text, n bigint, unit text)",
+            tables.get("sums")?
+        );
+        sqlx::query(&sql).execute(conn).await?;
+        Ok(())
+    }
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tables: &es_projections::Tables,
+        events: &[es_core::EventEnvelope<Current>],
+    ) -> Result<(), es_projections::ProjectorError> {
+        let sql = format!("INSERT INTO {} VALUES ($1, $2, $3)", tables.get("sums")?);
+        for e in events {
+            let Current::Counted { n, unit } = &e.event;
+            sqlx::query(&sql)
+                .bind(e.stream_id.as_str())
+                .bind(n)
+                .bind(unit)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projectors_receive_upcast_events_only() {
+    let db = TestDatabase::create().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    insert_raw(&mut conn, "legacy", 1, "Increment", json!({"by": 4})).await;
+    insert_raw(&mut conn, "legacy", 2, "Counted", json!({"n": 5})).await;
+    drop(conn);
+    // A chain that reaches Counted v1 with no step on to v2 fails at start-up.
+    let broken = Upcasters::builder()
+        .register::<Current>()
+        .rename("Increment", 0, "Counted", Ok)
+        .build();
+    assert!(matches!(
+        broken,
+        Err(es_core::UpcasterChainError::MissingStep { version: 1, .. })
+    ));
+    let upcasters = Upcasters::builder()
+        .register::<Current>()
+        .rename("Increment", 1, "Counted", |p| {
+            Ok(json!({ "n": p["by"], "unit": "kWh" }))
+        })
+        .step("Counted", 1, |mut p| {
+            p["unit"] = json!("kWh");
+            Ok(p)
+        })
+        .build()
+        .unwrap();
+    let store = PgEventStore::new(db.pool.clone());
+    let id = StreamId::new("legacy").unwrap();
+    let current = EventData::from_event(
+        &Current::Counted {
+            n: 6,
+            unit: "MWh".into(),
+        },
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        current.schema_version, 2,
+        "writing stamps the current version"
+    );
+    store
+        .append(
+            &id,
+            ExpectedVersion::Exact(es_core::StreamVersion(2)),
+            vec![current],
+        )
+        .await
+        .unwrap();
+    let worker = Worker::new(db.pool.clone(), upcasters)
+        .projection(Sums)
+        .unwrap()
+        .with_config(fast_config("upcast"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    wait_caught_up_named(&db, "sums").await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT n, unit FROM sums ORDER BY n")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![(4, "kWh".into()), (5, "kWh".into()), (6, "MWh".into())]
+    );
+}
+
+async fn wait_caught_up_named(db: &TestDatabase, name: &str) {
+    wait_caught_up(&db.pool, name, Duration::from_secs(30)).await;
+}
