@@ -1,0 +1,12 @@
+//! The deals projection worker: `deal-worker run | status | rebuild deals [--shadow]`.
+
+use es_examples::deal::{upcasters, DealsProjector};
+use es_projections::Worker;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    es_projections::cli::main("deal-worker", |pool| {
+        Worker::new(pool, upcasters()).projection(DealsProjector)
+    })
+    .await
+}
