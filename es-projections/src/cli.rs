@@ -3,19 +3,19 @@
 //! A worker binary is a `main` that registers its projections and hands over to [`main`]:
 //!
 //! ```no_run
-//! # use es_projections::{Worker, ProjectionError};
-//! # fn my_upcasters() -> es_core::Upcasters { unimplemented_registry() }
-//! # fn unimplemented_registry() -> es_core::Upcasters { es_core::Upcasters::builder().build().unwrap() }
+//! use es_core::Upcasters;
+//! use es_projections::Worker;
+//! # #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)] enum DealEvent { Closed }
+//! # impl es_core::DomainEvent for DealEvent { const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Closed", 1)]; }
+//!
 //! #[tokio::main]
 //! async fn main() -> std::process::ExitCode {
 //!     es_projections::cli::main("deal-worker", |pool| {
-//!         Worker::new(pool, my_upcasters()) // .projection(DealsProjector)?
-//!             .projection_list_done()
+//!         // Register the projectors here: `.projection(DealsProjector)?`.
+//!         Ok(Worker::new(pool, Upcasters::of::<DealEvent>()))
 //!     })
 //!     .await
 //! }
-//! # trait Done { fn projection_list_done(self) -> Result<Worker, ProjectionError>; }
-//! # impl Done for Worker { fn projection_list_done(self) -> Result<Worker, ProjectionError> { Ok(self) } }
 //! ```
 
 use std::process::ExitCode;
