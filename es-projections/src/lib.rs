@@ -38,7 +38,7 @@
 //! ```
 //!
 //! Modules in reading order: [`projector`], [`worker`], [`checkpoint`] (leases and fencing),
-//! [`engine`] (one batch), [`rebuild`], [`status`], [`wait`], [`views`], [`cli`].
+//! [`engine`] (one batch), [`rebuild`](mod@rebuild), [`status`](mod@status), [`wait`](mod@wait), [`views`], [`cli`].
 
 pub mod checkpoint;
 pub mod cli;
