@@ -60,20 +60,27 @@ impl DomainEvent for DealEvent {
         &[("Created", 1), ("Configured", 2), ("Closed", 1)];
 }
 
-/// The event registry for deals: current versions plus the `Configured` v1 -> v2 step.
+/// The event registry for a database holding only deals: current versions plus the
+/// `Configured` v1 -> v2 step. A database shared with other aggregates needs every one of their
+/// event types registered too (a worker stops on an unknown type): see [`crate::upcasters`].
 pub fn upcasters() -> Upcasters {
     // The registry is static and checked by the tests: building it cannot fail.
-    match upcasters_builder().build() {
+    match register(Upcasters::builder()).build() {
         Ok(upcasters) => upcasters,
         Err(error) => panic!("the deal upcaster chain is inconsistent: {error}"),
     }
 }
 
-fn upcasters_builder() -> es_core::UpcastersBuilder {
-    Upcasters::builder()
+/// Adds the deal event types and their upcaster steps to a registry.
+pub fn register(builder: es_core::UpcastersBuilder) -> es_core::UpcastersBuilder {
+    builder
         .register::<DealEvent>()
         .step("Configured", 1, configured_v1_to_v2)
 }
+
+/// Every deal stream's id starts with this. Event type names are global in the log (a bank
+/// account could have a `Closed` too), so the projector only reads deal streams.
+pub const STREAM_PREFIX: &str = "deal-";
 
 /// `Configured` v1 `{"key": k, "value": v}` becomes v2 `{"fields": {k: v}}`.
 pub fn configured_v1_to_v2(payload: Value) -> Result<Value, String> {
@@ -158,7 +165,7 @@ impl Aggregate for Deal {
 
 /// The stream of deal `n` as the load generator names it.
 pub fn deal_stream(n: u64) -> String {
-    format!("deal-{n}")
+    format!("{STREAM_PREFIX}{n}")
 }
 
 /// Creates the plain table that holds each deal's CRM id (outside the event-sourced part).
@@ -315,6 +322,9 @@ fn fold_batch(events: &[EventEnvelope<DealEvent>]) -> Vec<DealChange> {
     let mut changes: Vec<DealChange> = Vec::new();
     for envelope in events {
         let id = envelope.stream_id.as_str();
+        if !id.starts_with(STREAM_PREFIX) {
+            continue;
+        }
         let slot = *index.entry(id).or_insert_with(|| {
             changes.push(DealChange {
                 deal_id: id.to_string(),
@@ -799,17 +809,18 @@ mod tests {
             recorded_at: chrono::Utc::now(),
         };
         let changes = fold_batch(&[
-            envelope("a", 1, DealEvent::Created),
-            envelope("b", 7, DealEvent::Closed),
+            envelope("deal-a", 1, DealEvent::Created),
+            envelope("deal-b", 7, DealEvent::Closed),
+            envelope("account-c", 7, DealEvent::Closed),
             envelope(
-                "a",
+                "deal-a",
                 2,
                 DealEvent::Configured {
                     fields: fields(json!({"x": 1, "y": 1})),
                 },
             ),
             envelope(
-                "a",
+                "deal-a",
                 3,
                 DealEvent::Configured {
                     fields: fields(json!({"x": 2})),
@@ -817,7 +828,7 @@ mod tests {
             ),
         ]);
         assert_eq!(changes.len(), 2);
-        assert_eq!(changes[0].deal_id, "a");
+        assert_eq!(changes[0].deal_id, "deal-a");
         assert_eq!(
             Value::Object(changes[0].fields.clone()),
             json!({"x": 2, "y": 1})

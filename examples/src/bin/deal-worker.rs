@@ -1,6 +1,7 @@
 //! The deals projection worker: `deal-worker run | status | rebuild deals [--shadow]`.
 
-use es_examples::deal::{upcasters, DealsProjector};
+use es_examples::deal::DealsProjector;
+use es_examples::upcasters;
 use es_projections::Worker;
 
 #[tokio::main]
