@@ -1,0 +1,449 @@
+//! `es-bench load`: how long loading one aggregate takes as its stream grows, with and without
+//! snapshots, against raw PostgreSQL reading the same rows.
+//!
+//! For each stream length L (10, 100, 1,000, 10,000 by default) a Deal stream of L events is
+//! written through the repository with a snapshot every 100 events, so the latest snapshot sits
+//! at the end of the stream (the best case). For each L of at least 100 a second stream of
+//! L + 99 events puts it 99 events behind (the worst case). Each stream is then loaded four
+//! ways, round-robin, for several repetitions after a warm-up:
+//!
+//! - raw: `SELECT event_type, payload FROM es_events WHERE stream_id = $1 ORDER BY
+//!   stream_version`, each payload deserialised into the event enum and folded;
+//! - raw with every envelope column the store reads (ids, positions, metadata, time), decoded
+//!   but otherwise unused: it splits the repository's overhead into "more columns" and "more
+//!   work per event";
+//! - the repository without snapshots (a full replay, every column of the envelope, upcasting);
+//! - the repository with snapshots (the snapshot row, then the events after it).
+//!
+//! All four must produce the same state, or the run fails. Reported: medians, the p10-p90
+//! spread, and the ratios repository / raw and from-snapshot / full replay.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use es_core::{
+    Aggregate, DomainEvent, Repository, SnapshotPolicy, SnapshotWrite, StreamId, StreamVersion,
+};
+use es_postgres::PgEventStore;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sqlx::PgPool;
+
+use crate::fresh_db::with_fresh_database;
+use crate::report::{count, ms, times, Table};
+use crate::stats::{ratio, Samples};
+use crate::BenchError;
+
+/// Options of `es-bench load`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to write the markdown section.
+    #[arg(long)]
+    out: PathBuf,
+    /// Measured repetitions of every load.
+    #[arg(long, default_value_t = 30)]
+    repetitions: usize,
+    /// Unmeasured repetitions first (warms caches and prepared statements).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Stream lengths, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [10u64, 100, 1_000, 10_000])]
+    lengths: Vec<u64>,
+    /// The snapshot policy: a snapshot every N events.
+    #[arg(long, default_value_t = 100)]
+    snapshot_every: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The domain: the CRM deal, whose configure events each carry a few fields, later events
+// overwriting earlier keys.
+// ---------------------------------------------------------------------------------------------
+
+/// A deal's configuration, folded from its events.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Deal {
+    fields: BTreeMap<String, Value>,
+    configurations: u64,
+}
+
+/// A deal's events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DealEvent {
+    /// Some fields were set.
+    Configured {
+        /// The fields set, by name.
+        fields: Map<String, Value>,
+    },
+}
+
+impl DomainEvent for DealEvent {
+    const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Configured", 1)];
+}
+
+/// Configure the deal: one event per map.
+#[derive(Clone, Debug)]
+pub struct Configure(Vec<Map<String, Value>>);
+
+/// Deals never refuse in this benchmark.
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+pub struct Never;
+
+impl Aggregate for Deal {
+    const TYPE: &'static str = "deal";
+    type Command = Configure;
+    type Event = DealEvent;
+    type Error = Never;
+
+    fn handle(&self, Configure(configurations): Configure) -> Result<Vec<DealEvent>, Never> {
+        Ok(configurations
+            .into_iter()
+            .map(|fields| DealEvent::Configured { fields })
+            .collect())
+    }
+
+    fn apply(&mut self, DealEvent::Configured { fields }: &DealEvent) {
+        self.configurations += 1;
+        for (key, value) in fields {
+            self.fields.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+const KEYS: [&str; 12] = [
+    "gasConsumption",
+    "heatPumpInstallationType",
+    "floorArea",
+    "buildYear",
+    "heatingSystem",
+    "insulation",
+    "occupants",
+    "roofOrientation",
+    "postcode",
+    "budget",
+    "financing",
+    "installationDate",
+];
+
+/// The fields of the `i`-th configure event: three keys, numbers and text (about 120 bytes).
+fn configuration(i: u64) -> Map<String, Value> {
+    let key = |k: u64| KEYS[(k % KEYS.len() as u64) as usize].to_string();
+    let mut fields = Map::new();
+    fields.insert(key(i), json!(10_000 + i * 37 % 5_000));
+    fields.insert(key(i * 5 + 1), json!(format!("option-{}", i % 7)));
+    fields.insert(key(i * 7 + 3), json!({ "value": i % 100, "unit": "m2" }));
+    fields
+}
+
+// ---------------------------------------------------------------------------------------------
+// The four ways to load.
+// ---------------------------------------------------------------------------------------------
+
+const RAW_READ: &str =
+    "SELECT event_type, payload FROM es_events WHERE stream_id = $1 ORDER BY stream_version";
+
+/// Raw PostgreSQL: the rows, each payload deserialised and folded.
+async fn load_raw(pool: &PgPool, stream: &StreamId) -> Result<(Deal, u64), BenchError> {
+    let rows: Vec<(String, Value)> = sqlx::query_as(RAW_READ)
+        .bind(stream.as_str())
+        .fetch_all(pool)
+        .await?;
+    let mut deal = Deal::default();
+    let events = rows.len() as u64;
+    for (event_type, payload) in rows {
+        deal.apply(&DealEvent::decode(&event_type, payload)?);
+    }
+    Ok((deal, events))
+}
+
+const RAW_READ_ENVELOPE: &str = "SELECT global_position, event_id, stream_id, stream_version, \
+     event_type, schema_version, payload, metadata, recorded_at \
+     FROM es_events WHERE stream_id = $1 ORDER BY stream_version";
+
+/// One row of [`RAW_READ_ENVELOPE`].
+type EnvelopeRow = (
+    i64,
+    uuid::Uuid,
+    String,
+    i64,
+    String,
+    i32,
+    Value,
+    Value,
+    chrono::DateTime<chrono::Utc>,
+);
+
+/// Raw PostgreSQL reading every column the store reads; only the payloads are used.
+async fn load_raw_envelope(pool: &PgPool, stream: &StreamId) -> Result<(Deal, u64), BenchError> {
+    let rows: Vec<EnvelopeRow> = sqlx::query_as(RAW_READ_ENVELOPE)
+        .bind(stream.as_str())
+        .fetch_all(pool)
+        .await?;
+    let mut deal = Deal::default();
+    let events = rows.len() as u64;
+    for (_, _, _, _, event_type, _, payload, _, _) in rows {
+        deal.apply(&DealEvent::decode(&event_type, payload)?);
+    }
+    Ok((deal, events))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Raw,
+    RawEnvelope,
+    FullReplay,
+    FromSnapshot,
+}
+
+const METHODS: [Method; 4] = [
+    Method::Raw,
+    Method::RawEnvelope,
+    Method::FullReplay,
+    Method::FromSnapshot,
+];
+
+/// One stream under test and its measurements.
+struct Case {
+    stream: StreamId,
+    events: u64,
+    /// The state every method must produce.
+    expected: Option<Deal>,
+    snapshot_version: Option<StreamVersion>,
+    events_replayed: usize,
+    /// One set of samples per method, in the order of [`METHODS`].
+    samples: [Samples; 4],
+}
+
+struct Loaders {
+    pool: PgPool,
+    full: Repository<Deal>,
+    snapshots: Repository<Deal>,
+}
+
+impl Loaders {
+    /// Loads the case's stream one way; returns the state and the time the load took.
+    async fn load(&self, method: Method, case: &mut Case) -> Result<(Deal, Duration), BenchError> {
+        let started = Instant::now();
+        let deal = match method {
+            Method::Raw | Method::RawEnvelope => {
+                let (deal, events) = if method == Method::Raw {
+                    load_raw(&self.pool, &case.stream).await?
+                } else {
+                    load_raw_envelope(&self.pool, &case.stream).await?
+                };
+                let elapsed = started.elapsed();
+                check(
+                    events == case.events,
+                    "raw read a different number of events",
+                )?;
+                return Ok((deal, elapsed));
+            }
+            Method::FullReplay => {
+                let loaded = self.full.load(&case.stream).await?;
+                let elapsed = started.elapsed();
+                check(
+                    loaded.events_replayed as u64 == case.events,
+                    "the full replay read a different number of events",
+                )?;
+                return Ok((loaded.state, elapsed));
+            }
+            Method::FromSnapshot => self.snapshots.load(&case.stream).await?,
+        };
+        let elapsed = started.elapsed();
+        check(
+            deal.version.0 == case.events,
+            "the snapshot load ended at another version",
+        )?;
+        case.snapshot_version = deal.snapshot_version;
+        case.events_replayed = deal.events_replayed;
+        Ok((deal.state, elapsed))
+    }
+}
+
+fn check(ok: bool, what: &str) -> Result<(), BenchError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.to_string().into())
+    }
+}
+
+/// Runs the scenario on a fresh database and writes its section to `args.out`.
+pub async fn run(url: &str, args: Args) -> Result<(), BenchError> {
+    check(args.repetitions > 0, "--repetitions must be at least 1")?;
+    check(
+        args.snapshot_every > 0,
+        "--snapshot-every must be at least 1",
+    )?;
+    let section = with_fresh_database(url, 4, |pool| measure(pool, &args)).await?;
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, section)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+async fn measure(pool: PgPool, args: &Args) -> Result<String, BenchError> {
+    let store = PgEventStore::new(pool.clone()).without_notify();
+    let every = args.snapshot_every;
+    let loaders = Loaders {
+        pool: pool.clone(),
+        full: Repository::<Deal>::new(store.clone()),
+        snapshots: Repository::<Deal>::new(store.clone()).with_snapshots(
+            Arc::new(store.clone()),
+            SnapshotPolicy::EveryNEvents(every),
+            SnapshotWrite::Inline,
+        ),
+    };
+
+    // The streams: L events (snapshot at the end), and L + every - 1 (snapshot every - 1 behind).
+    let mut lengths: Vec<u64> = Vec::new();
+    for &length in &args.lengths {
+        lengths.push(length);
+        if length >= every {
+            lengths.push(length + every - 1);
+        }
+    }
+    lengths.sort_unstable();
+    lengths.dedup();
+
+    let started = Instant::now();
+    let mut cases = Vec::with_capacity(lengths.len());
+    let batch = (every / 2).max(1);
+    for &events in &lengths {
+        let stream = StreamId::new(format!("deal-{events}"))?;
+        let mut at = 0;
+        while at < events {
+            let next = (at + batch).min(events);
+            loaders
+                .snapshots
+                .execute(&stream, Configure((at..next).map(configuration).collect()))
+                .await?;
+            at = next;
+        }
+        cases.push(Case {
+            stream,
+            events,
+            expected: None,
+            snapshot_version: None,
+            events_replayed: 0,
+            samples: Default::default(),
+        });
+    }
+    // One statement per call: VACUUM cannot run in the implicit transaction of a multi-statement
+    // query.
+    for table in ["es_events", "es_snapshots"] {
+        sqlx::raw_sql(&format!("VACUUM ANALYZE {table}"))
+            .execute(&pool)
+            .await?;
+    }
+    let total: u64 = lengths.iter().sum();
+    eprintln!(
+        "wrote {} events in {} streams in {:.1} s",
+        count(total),
+        cases.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let rounds = args.warmup + args.repetitions;
+    for round in 0..rounds {
+        // Rotate the order so that no case always runs right after the same other one.
+        let n = cases.len();
+        for k in 0..n {
+            let case = &mut cases[(k + round) % n];
+            // The methods too: the first load after switching streams may pay for it.
+            for i in 0..METHODS.len() {
+                let m = (i + round) % METHODS.len();
+                let method = METHODS[m];
+                let (state, elapsed) = loaders.load(method, case).await?;
+                match &case.expected {
+                    None => case.expected = Some(state),
+                    Some(expected) => check(
+                        *expected == state,
+                        &format!("{method:?} loaded another state for {}", case.stream),
+                    )?,
+                }
+                if round >= args.warmup {
+                    case.samples[m].push(elapsed);
+                }
+            }
+        }
+        if (round + 1) % 10 == 0 || round + 1 == rounds {
+            eprintln!("round {}/{rounds}", round + 1);
+        }
+    }
+    Ok(section(args, &cases))
+}
+
+fn section(args: &Args, cases: &[Case]) -> String {
+    let every = args.snapshot_every;
+    let mut medians = Table::new(&[
+        ">events in stream",
+        ">raw SQL",
+        ">raw SQL, envelope columns",
+        ">repository, full replay",
+        ">full replay / raw",
+        ">snapshot at",
+        ">events replayed",
+        ">repository, from snapshot",
+        ">from snapshot / full replay",
+    ]);
+    let mut spread = Table::new(&[
+        ">events in stream",
+        ">raw SQL p10 – p90",
+        ">envelope columns p10 – p90",
+        ">full replay p10 – p90",
+        ">from snapshot p10 – p90",
+    ]);
+    for case in cases {
+        let [raw, envelope, full, snap] = &case.samples;
+        medians.row(vec![
+            count(case.events),
+            ms(raw.median()),
+            ms(envelope.median()),
+            ms(full.median()),
+            times(ratio(full.median(), raw.median())),
+            case.snapshot_version.map_or("none".into(), |v| count(v.0)),
+            count(case.events_replayed as u64),
+            ms(snap.median()),
+            times(ratio(snap.median(), full.median())),
+        ]);
+        let range = |s: &Samples| format!("{} – {}", ms(s.quantile(0.1)), ms(s.quantile(0.9)));
+        spread.row(vec![
+            count(case.events),
+            range(raw),
+            range(envelope),
+            range(full),
+            range(snap),
+        ]);
+    }
+    let repetitions = cases.first().map_or(0, |c| c.samples[0].len());
+    format!(
+        "## Aggregate load time against stream length (`es-bench load`)\n\
+         \n\
+         One Deal aggregate loaded from PostgreSQL, its stream of configure events (three fields \
+         each, about 120 bytes of JSON) written beforehand through the repository with a \
+         snapshot every {every} events. Streams of a round length have their latest snapshot at \
+         their last event (the best case); the streams {less} events longer have it {less} events \
+         behind (the worst case). Each stream is loaded four ways, round-robin: **raw SQL** \
+         (`{RAW_READ}`, each payload deserialised into the event enum and folded), raw SQL \
+         reading **every envelope column** the store reads (ids, positions, metadata, time; \
+         decoded, only the payloads used), the **repository with no snapshots** (a full replay: every envelope column, upcasting, \
+         decoding, folding) and the **repository with snapshots** (the snapshot row, then the \
+         events after it). All four must give the same state or the run fails. \
+         {repetitions} measured repetitions after {warmup} warm-up rounds; medians, one \
+         connection at a time, client and server on the same machine.\n\
+         \n\
+         {medians}\n\
+         Spread of the same measurements (10th to 90th percentile):\n\
+         \n\
+         {spread}",
+        less = every - 1,
+        warmup = args.warmup,
+        medians = medians.to_markdown(),
+        spread = spread.to_markdown(),
+    )
+}

@@ -1,0 +1,5 @@
+//! One module per scenario. Each has an `Args` (its clap options, `--out` among them) and an
+//! `async fn run(database_url, args)` that measures on a fresh database and writes its markdown
+//! section.
+
+pub mod load;
