@@ -6,7 +6,8 @@
 //! again on the fresh state: commands must therefore be `Clone`, and `handle` must be a pure
 //! decision (no side effects outside the returned events).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -102,6 +103,40 @@ struct Snapshots<A> {
     from_json: FromJson<A>,
 }
 
+/// Recently used aggregates, kept after each command so that the next command on the same
+/// stream skips reading it. A stale entry (another process appended meanwhile) is caught by the
+/// append's expected version, evicted, and the command is decided again on a fresh load.
+struct Cache<A> {
+    entries: Mutex<HashMap<StreamId, (A, StreamVersion)>>,
+    capacity: usize,
+    clone: fn(&A) -> A,
+}
+
+impl<A> Cache<A> {
+    fn get(&self, stream: &StreamId) -> Option<(A, StreamVersion)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(stream)
+            .map(|(state, version)| ((self.clone)(state), *version))
+    }
+
+    fn put(&self, stream: &StreamId, state: A, version: StreamVersion) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity && !entries.contains_key(stream) {
+            // Evict an arbitrary entry: O(1), and good enough for a hot working set.
+            if let Some(victim) = entries.keys().next().cloned() {
+                entries.remove(&victim);
+            }
+        }
+        entries.insert(stream.clone(), (state, version));
+    }
+
+    fn evict(&self, stream: &StreamId) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(stream);
+    }
+}
+
 /// Loads aggregates and executes commands against an [`EventStore`].
 ///
 /// ```
@@ -140,6 +175,7 @@ pub struct Repository<A: Aggregate> {
     upcasters: Arc<Upcasters>,
     retry: RetryPolicy,
     snapshots: Option<Snapshots<A>>,
+    cache: Option<Cache<A>>,
 }
 
 impl<A: Aggregate> Repository<A> {
@@ -155,6 +191,7 @@ impl<A: Aggregate> Repository<A> {
             upcasters: Arc::new(Upcasters::of::<A::Event>()),
             retry: RetryPolicy::default(),
             snapshots: None,
+            cache: None,
         }
     }
 
@@ -272,12 +309,28 @@ impl<A: Aggregate> Repository<A> {
     {
         let max_attempts = self.retry.max_attempts.max(1);
         let mut attempt = 1;
+        // The first attempt may start from the cache; after a conflict, always from the store.
+        let mut cached = self.cache.as_ref().and_then(|c| c.get(stream));
         loop {
-            let loaded = self.load(stream).await?;
-            let events = loaded
-                .state
-                .handle(command.clone())
-                .map_err(RepositoryError::Domain)?;
+            let from_cache = cached.is_some();
+            let loaded = match cached.take() {
+                Some((state, version)) => Loaded {
+                    state,
+                    version,
+                    events_replayed: 0,
+                    snapshot_version: None,
+                },
+                None => self.load(stream).await?,
+            };
+            let events = match loaded.state.handle(command.clone()) {
+                Ok(events) => events,
+                // A refusal decided on cached state may be stale: decide again on a fresh load.
+                Err(_) if from_cache => {
+                    self.evict(stream);
+                    continue;
+                }
+                Err(refused) => return Err(RepositoryError::Domain(refused)),
+            };
             if events.is_empty() {
                 return Ok(CommandOutcome {
                     stream_version: loaded.version,
@@ -293,7 +346,7 @@ impl<A: Aggregate> Repository<A> {
             let expected = ExpectedVersion::Exact(loaded.version);
             match self.store.append(stream, expected, data).await {
                 Ok(appended) => {
-                    self.maybe_snapshot(stream, loaded, &events, appended.stream_version)
+                    self.after_append(stream, loaded, &events, appended.stream_version)
                         .await;
                     return Ok(CommandOutcome {
                         stream_version: appended.stream_version,
@@ -303,6 +356,12 @@ impl<A: Aggregate> Repository<A> {
                     });
                 }
                 Err(StoreError::Conflict { actual, .. }) => {
+                    self.evict(stream);
+                    if from_cache {
+                        // A stale cache entry is not contention: reload without counting it.
+                        debug!(stream = %stream, "cached aggregate was stale; reloading");
+                        continue;
+                    }
                     if attempt >= max_attempts {
                         return Err(RepositoryError::TooManyConflicts {
                             stream: stream.clone(),
@@ -321,29 +380,52 @@ impl<A: Aggregate> Repository<A> {
                     tokio::time::sleep(pause).await;
                     attempt += 1;
                 }
-                Err(other) => return Err(other.into()),
+                Err(other) => {
+                    self.evict(stream);
+                    return Err(other.into());
+                }
             }
         }
     }
 
-    async fn maybe_snapshot(
+    fn evict(&self, stream: &StreamId) {
+        if let Some(cache) = &self.cache {
+            cache.evict(stream);
+        }
+    }
+
+    /// Folds the new events into the state when the cache or a due snapshot needs it.
+    async fn after_append(
         &self,
         stream: &StreamId,
         loaded: Loaded<A>,
         events: &[A::Event],
         version: StreamVersion,
     ) {
-        let Some(snapshots) = &self.snapshots else {
-            return;
-        };
-        if !snapshots.policy.is_due(loaded.version, version) {
+        let snapshot_due = self
+            .snapshots
+            .as_ref()
+            .is_some_and(|s| s.policy.is_due(loaded.version, version));
+        if self.cache.is_none() && !snapshot_due {
             return;
         }
         let mut state = loaded.state;
         for event in events {
             state.apply(event);
         }
-        let json = match (snapshots.to_json)(&state) {
+        if snapshot_due {
+            self.snapshot(stream, &state, version).await;
+        }
+        if let Some(cache) = &self.cache {
+            cache.put(stream, state, version);
+        }
+    }
+
+    async fn snapshot(&self, stream: &StreamId, state: &A, version: StreamVersion) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        let json = match (snapshots.to_json)(state) {
             Ok(json) => json,
             Err(error) => {
                 warn!(stream = %stream, %error, "cannot serialise snapshot; skipped");
@@ -371,6 +453,22 @@ impl<A: Aggregate> Repository<A> {
                 tokio::spawn(save);
             }
         }
+    }
+}
+
+impl<A: Aggregate + Clone> Repository<A> {
+    /// Keeps up to `capacity` recently used aggregates in memory: a command on a cached stream
+    /// skips the read and appends with the cached version; if another writer got there first,
+    /// the append conflicts, the entry is dropped and the command is decided again on a fresh
+    /// load. A refusal decided on cached state is always re-checked on a fresh load, so stale
+    /// state never causes a wrong refusal. Plain [`Repository::load`] never reads the cache.
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = Some(Cache {
+            entries: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            clone: A::clone,
+        });
+        self
     }
 }
 

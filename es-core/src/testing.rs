@@ -99,18 +99,25 @@ fn assert_round_trips<E: DomainEvent>(event: &E) {
 }
 
 impl<A: Aggregate> Then<A> {
-    /// Asserts the command emitted exactly these events.
+    /// Asserts the command emitted exactly these events, and returns the state with them
+    /// applied (for further assertions on the aggregate).
     pub fn then_events(self, expected: impl IntoIterator<Item = A::Event>) -> A
     where
         A::Event: PartialEq,
         A::Error: Debug,
     {
         let expected: Vec<_> = expected.into_iter().collect();
+        let mut state = self.state;
         match self.result {
-            Ok(events) => assert_eq!(events, expected, "the command emitted other events"),
+            Ok(events) => {
+                assert_eq!(events, expected, "the command emitted other events");
+                for event in &events {
+                    state.apply(event);
+                }
+            }
             Err(e) => panic!("expected events {expected:?}, got the error {e:?}"),
         }
-        self.state
+        state
     }
 
     /// Asserts the command failed with this error.

@@ -310,3 +310,99 @@ async fn a_command_without_events_writes_nothing() {
         1
     );
 }
+
+/// Counts stream reads, to see what the aggregate cache saves.
+#[derive(Clone)]
+struct CountingStore {
+    inner: InMemoryStore,
+    reads: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl EventStore for CountingStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        after: StreamVersion,
+        up_to: Option<StreamVersion>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_stream(stream, after, up_to).await
+    }
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<StreamVersion>, StoreError> {
+        self.inner.stream_version(stream).await
+    }
+}
+
+#[tokio::test]
+async fn the_cache_skips_reads_and_a_stale_entry_is_caught_by_the_append() {
+    let shared = InMemoryStore::new();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counting = CountingStore {
+        inner: shared.clone(),
+        reads: reads.clone(),
+    };
+    let cached = Repository::<Counter>::new(counting).with_cache(100);
+    let other = Repository::<Counter>::new(shared.clone());
+    let id = StreamId::new("cached").unwrap();
+
+    for _ in 0..5 {
+        cached
+            .execute(&id, CounterCommand::Increment(1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        1,
+        "only the first command reads the stream"
+    );
+
+    // Another writer moves the stream on: the cached entry (value 5, version 5) is now stale.
+    for _ in 0..5 {
+        other
+            .execute(&id, CounterCommand::Increment(1))
+            .await
+            .unwrap();
+    }
+    // Decided on the cache (5 + 1 <= 10) the command would pass; the append conflicts, the
+    // entry is dropped, and on the fresh state (10) it is refused.
+    let refused = cached
+        .execute(&id, CounterCommand::IncrementUpTo { by: 1, limit: 10 })
+        .await;
+    assert!(matches!(
+        refused,
+        Err(RepositoryError::Domain(OverLimit { limit: 10 }))
+    ));
+    assert_eq!(
+        other.load(&id).await.unwrap().state.value,
+        10,
+        "nothing was written"
+    );
+
+    let outcome = cached
+        .execute(&id, CounterCommand::Increment(2))
+        .await
+        .unwrap();
+    assert_eq!(outcome.stream_version, StreamVersion(11));
+    assert_eq!(
+        outcome.attempts, 1,
+        "a stale cache entry is not counted as contention"
+    );
+    assert_eq!(other.load(&id).await.unwrap().state.value, 12);
+}

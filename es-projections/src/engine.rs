@@ -146,6 +146,9 @@ impl<P: Projector> DynProjector for Erased<P> {
         let mut decoded = Vec::with_capacity(events.len());
         let mut refs = Vec::with_capacity(events.len());
         for event in events {
+            if !self.0.accepts_stream(&event.stream_id) {
+                continue;
+            }
             let (reference, schema_version) = (event_ref(&event), event.schema_version);
             match upcasters.decode::<P::Event>(event) {
                 Ok(Some(envelope)) => {

@@ -79,6 +79,15 @@ pub trait Projector: Send + Sync + 'static {
     /// with these names.
     fn tables(&self) -> &[&'static str];
 
+    /// Whether events of this stream are for this projector. Event type names are shared by the
+    /// whole log (two aggregates may both have a `Closed`): a projector that reads one kind of
+    /// aggregate names its streams here, e.g. `stream.as_str().starts_with("deal-")`. Events of
+    /// other streams are skipped before they are decoded. Default: every stream.
+    fn accepts_stream(&self, stream: &es_core::StreamId) -> bool {
+        let _ = stream;
+        true
+    }
+
     /// Creates the tables (idempotently: `CREATE TABLE IF NOT EXISTS`) under the physical names
     /// in `tables`.
     async fn setup(&self, conn: &mut PgConnection, tables: &Tables) -> Result<(), ProjectorError>;

@@ -236,6 +236,10 @@ impl Projector for DealsProjector {
         &["deals"]
     }
 
+    fn accepts_stream(&self, stream: &StreamId) -> bool {
+        stream.as_str().starts_with(STREAM_PREFIX)
+    }
+
     async fn setup(&self, conn: &mut PgConnection, tables: &Tables) -> Result<(), ProjectorError> {
         let t = tables.get("deals")?;
         let statements = [
@@ -322,9 +326,6 @@ fn fold_batch(events: &[EventEnvelope<DealEvent>]) -> Vec<DealChange> {
     let mut changes: Vec<DealChange> = Vec::new();
     for envelope in events {
         let id = envelope.stream_id.as_str();
-        if !id.starts_with(STREAM_PREFIX) {
-            continue;
-        }
         let slot = *index.entry(id).or_insert_with(|| {
             changes.push(DealChange {
                 deal_id: id.to_string(),
