@@ -107,3 +107,41 @@ async fn a_standby_process_takes_over_when_the_holder_dies() {
     .unwrap();
     assert_eq!(wrong, 0, "every deal reflects its last event");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_batch_and_releases_the_lease() {
+    let db = TestDatabase::with_max_connections(10).await;
+    let options = LoadOptions {
+        deals: 50,
+        events: 5_000,
+        concurrency: 2,
+        append_batch: 500,
+    };
+    load(&db.pool, &options, |_| {}).await.unwrap();
+    let mut worker = start_worker(&db.url);
+    let pid = format!(":{}:", worker.id());
+    wait_until("the worker to apply", 60, async || {
+        let (owner, applied) = lease_and_applied(&db).await;
+        owner.is_some_and(|o| o.contains(&pid)) && applied > 0
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = worker.wait().unwrap();
+    assert!(exit.success(), "a clean shutdown exits 0, got {exit:?}");
+    let (owner, applied) = lease_and_applied(&db).await;
+    assert_eq!(owner, None, "the lease is released for a standby");
+    // Whatever was applied is consistent with the checkpoint: deals never run ahead of it.
+    let ahead: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM deals d WHERE d.stream_version > (SELECT max(stream_version) FROM es_events e
+           WHERE e.stream_id = d.deal_id AND e.global_position <= (SELECT watermark FROM es_projections WHERE name = 'deals'))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(ahead, 0);
+    assert!(applied > 0);
+}
