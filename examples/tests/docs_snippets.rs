@@ -1,0 +1,87 @@
+//! Every Rust snippet in docs/getting-started.md is a copy of code that compiles: each snippet
+//! (split at `// ...` gap lines) must appear, line for line (indentation aside), in a source file
+//! of the workspace. A snippet that drifts from the code fails here.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if !path.ends_with("target") {
+                sources(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Trimmed, non-empty lines, with trailing `// remarks` cut (the docs annotate lines).
+fn normalised(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| {
+            let l = l.trim();
+            match l.find(" // ") {
+                Some(i) if !l.starts_with("//") => l[..i].trim_end().to_string(),
+                _ => l.to_string(),
+            }
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// A snippet's parts: runs of lines between `// ...` gap lines.
+fn chunks(body: &str) -> Vec<Vec<String>> {
+    let mut parts = vec![Vec::new()];
+    for line in normalised(body) {
+        if line.starts_with("// ...") {
+            parts.push(Vec::new());
+        } else if let Some(last) = parts.last_mut() {
+            last.push(line);
+        }
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+#[test]
+fn getting_started_snippets_match_the_code() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/getting-started.md")).unwrap();
+    let mut files = Vec::new();
+    for dir in ["examples", "es-core", "es-postgres", "es-projections"] {
+        sources(&root.join(dir), &mut files);
+    }
+    let code: Vec<(PathBuf, Vec<String>)> = files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap();
+            (f, normalised(&text))
+        })
+        .collect();
+    let mut snippets = 0;
+    let mut missing = Vec::new();
+    let mut blocks = doc.split("```rust\n").skip(1);
+    for block in blocks.by_ref() {
+        let body = block.split("\n```").next().unwrap();
+        for lines in chunks(body) {
+            snippets += 1;
+            let found = code.iter().any(|(_, file)| {
+                file.windows(lines.len())
+                    .any(|window| window == lines.as_slice())
+            });
+            if !found {
+                missing.push(lines.join("\n"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "these snippets of docs/getting-started.md are not in the code:\n\n{}",
+        missing.join("\n\n----\n\n")
+    );
+    assert!(snippets >= 10, "only {snippets} snippets found");
+}
