@@ -12,6 +12,7 @@
 //! Shared parts: [`fresh_db`] (a throw-away database), [`stats`] (timing samples, medians),
 //! [`report`] (markdown tables).
 
+mod common;
 mod fresh_db;
 mod report;
 mod scenarios;
@@ -39,6 +40,8 @@ struct Cli {
 enum Scenario {
     /// Aggregate load time against stream length, with and without snapshots, against raw SQL.
     Load(scenarios::load::Args),
+    /// Append throughput by batch size and writers, against raw multi-row INSERTs.
+    Append(scenarios::append::Args),
 }
 
 #[tokio::main]
@@ -55,5 +58,6 @@ async fn main() -> Result<(), BenchError> {
         .ok_or("DATABASE_URL (or --database-url) must name a PostgreSQL server")?;
     match cli.scenario {
         Scenario::Load(args) => scenarios::load::run(&url, args).await,
+        Scenario::Append(args) => scenarios::append::run(&url, args).await,
     }
 }

@@ -2,4 +2,5 @@
 //! `async fn run(database_url, args)` that measures on a fresh database and writes its markdown
 //! section.
 
+pub mod append;
 pub mod load;
