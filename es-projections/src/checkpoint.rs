@@ -150,14 +150,29 @@ pub async fn save(
 
 /// Gives the lease up so that a standby takes over at once.
 pub async fn release(pool: &PgPool, lease: &Lease) -> Result<(), ProjectionError> {
+    release_as(pool, lease, None).await
+}
+
+/// Ends a rebuild: the projection is `running` again and its lease free for the workers.
+pub async fn finish_rebuild(pool: &PgPool, lease: &Lease) -> Result<(), ProjectionError> {
+    release_as(pool, lease, Some("running")).await
+}
+
+async fn release_as(
+    pool: &PgPool,
+    lease: &Lease,
+    state: Option<&str>,
+) -> Result<(), ProjectionError> {
     sqlx::query(
-        "UPDATE es_projections SET owner = NULL, lease_expires_at = NULL
+        "UPDATE es_projections
+         SET owner = NULL, lease_expires_at = NULL, state = coalesce($5, state), updated_at = now()
          WHERE name = $1 AND generation = $2 AND epoch = $3 AND owner = $4",
     )
     .bind(&lease.name)
     .bind(lease.generation)
     .bind(lease.epoch)
     .bind(&lease.owner)
+    .bind(state)
     .execute(pool)
     .await?;
     Ok(())

@@ -146,7 +146,7 @@ pub async fn rebuild(
         .await?;
         lease.generation
     } else {
-        finish_live(pool, &lease).await?;
+        checkpoint::finish_rebuild(pool, &lease).await?;
         lease.generation
     };
     let report = RebuildReport {
@@ -225,6 +225,23 @@ fn lease_of(row: &sqlx::postgres::PgRow, owner: &str) -> Result<Lease, Projectio
     })
 }
 
+/// Creates a generation's tables if needed and empties them.
+async fn setup_and_reset(
+    conn: &mut PgConnection,
+    projector: &dyn DynProjector,
+    tables: &Tables,
+) -> Result<(), ProjectionError> {
+    let fail = |action| {
+        move |source| ProjectionError::Projector {
+            projection: projector.name().to_string(),
+            action,
+            source,
+        }
+    };
+    projector.setup(conn, tables).await.map_err(fail("setup"))?;
+    projector.reset(conn, tables).await.map_err(fail("reset"))
+}
+
 /// Takes the live row for an in-place rebuild: resets it unless an interrupted rebuild can
 /// resume.
 async fn take_live(
@@ -256,22 +273,7 @@ async fn take_live(
     let tables = Tables::new(projector.tables(), generation)?;
     let resume = state == "rebuilding" && !restart;
     if !resume {
-        projector
-            .setup(&mut tx, &tables)
-            .await
-            .map_err(|source| ProjectionError::Projector {
-                projection: name.to_string(),
-                action: "setup",
-                source,
-            })?;
-        projector
-            .reset(&mut tx, &tables)
-            .await
-            .map_err(|source| ProjectionError::Projector {
-                projection: name.to_string(),
-                action: "reset",
-                source,
-            })?;
+        setup_and_reset(&mut tx, projector, &tables).await?;
         views::point_views(&mut tx, &tables).await?;
         sqlx::query(
             "UPDATE es_projections SET watermark = 0, holes = '[]', events_applied = 0,
@@ -296,20 +298,6 @@ async fn take_live(
     .await?;
     tx.commit().await?;
     Ok((lease_of(&row, owner)?, resume))
-}
-
-async fn finish_live(pool: &sqlx::PgPool, lease: &Lease) -> Result<(), ProjectionError> {
-    sqlx::query(
-        "UPDATE es_projections SET state = 'running', owner = NULL, lease_expires_at = NULL, updated_at = now()
-         WHERE name = $1 AND generation = $2 AND epoch = $3 AND owner = $4",
-    )
-    .bind(&lease.name)
-    .bind(lease.generation)
-    .bind(lease.epoch)
-    .bind(&lease.owner)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Creates or resumes the shadow generation and takes its lease.
@@ -360,22 +348,7 @@ async fn take_shadow(
     let tables = Tables::new(projector.tables(), lease.generation)?;
     if fresh || restart {
         let mut tx = pool.begin().await?;
-        projector
-            .setup(&mut tx, &tables)
-            .await
-            .map_err(|source| ProjectionError::Projector {
-                projection: name.to_string(),
-                action: "setup",
-                source,
-            })?;
-        projector
-            .reset(&mut tx, &tables)
-            .await
-            .map_err(|source| ProjectionError::Projector {
-                projection: name.to_string(),
-                action: "reset",
-                source,
-            })?;
+        setup_and_reset(&mut tx, projector, &tables).await?;
         sqlx::query(
             "UPDATE es_projections SET watermark = 0, holes = '[]', events_applied = 0
              WHERE name = $1 AND generation = $2",
