@@ -42,6 +42,8 @@ enum Scenario {
     Load(scenarios::load::Args),
     /// Append throughput by batch size and writers, against raw multi-row INSERTs.
     Append(scenarios::append::Args),
+    /// The command path (load, handle, append) against raw read + INSERT and raw INSERT.
+    Command(scenarios::command::Args),
 }
 
 #[tokio::main]
@@ -59,5 +61,6 @@ async fn main() -> Result<(), BenchError> {
     match cli.scenario {
         Scenario::Load(args) => scenarios::load::run(&url, args).await,
         Scenario::Append(args) => scenarios::append::run(&url, args).await,
+        Scenario::Command(args) => scenarios::command::run(&url, args).await,
     }
 }

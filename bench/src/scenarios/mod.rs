@@ -3,4 +3,5 @@
 //! section.
 
 pub mod append;
+pub mod command;
 pub mod load;
