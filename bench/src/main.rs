@@ -44,6 +44,11 @@ enum Scenario {
     Append(scenarios::append::Args),
     /// The command path (load, handle, append) against raw read + INSERT and raw INSERT.
     Command(scenarios::command::Args),
+    /// Rebuilding the Deal read table against a pure-SQL fold, and the rebuild's peak memory.
+    Catchup(scenarios::catchup::Args),
+    /// Internal: one rebuild in a child process, reporting its time and peak memory.
+    #[command(hide = true)]
+    RebuildChild(scenarios::catchup::ChildArgs),
 }
 
 #[tokio::main]
@@ -62,5 +67,7 @@ async fn main() -> Result<(), BenchError> {
         Scenario::Load(args) => scenarios::load::run(&url, args).await,
         Scenario::Append(args) => scenarios::append::run(&url, args).await,
         Scenario::Command(args) => scenarios::command::run(&url, args).await,
+        Scenario::Catchup(args) => scenarios::catchup::run(&url, args).await,
+        Scenario::RebuildChild(args) => scenarios::catchup::child(&url, args).await,
     }
 }

@@ -3,5 +3,6 @@
 //! section.
 
 pub mod append;
+pub mod catchup;
 pub mod command;
 pub mod load;
