@@ -17,6 +17,7 @@ mod fresh_db;
 mod report;
 mod scenarios;
 mod stats;
+mod svg;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +47,8 @@ enum Scenario {
     Command(scenarios::command::Args),
     /// Rebuilding the Deal read table against a pure-SQL fold, and the rebuild's peak memory.
     Catchup(scenarios::catchup::Args),
+    /// Live lag from append commit to read row, at steady write rates.
+    Lag(scenarios::lag::Args),
     /// Internal: one rebuild in a child process, reporting its time and peak memory.
     #[command(hide = true)]
     RebuildChild(scenarios::catchup::ChildArgs),
@@ -68,6 +71,7 @@ async fn main() -> Result<(), BenchError> {
         Scenario::Append(args) => scenarios::append::run(&url, args).await,
         Scenario::Command(args) => scenarios::command::run(&url, args).await,
         Scenario::Catchup(args) => scenarios::catchup::run(&url, args).await,
+        Scenario::Lag(args) => scenarios::lag::run(&url, args).await,
         Scenario::RebuildChild(args) => scenarios::catchup::child(&url, args).await,
     }
 }

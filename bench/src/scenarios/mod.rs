@@ -5,4 +5,5 @@
 pub mod append;
 pub mod catchup;
 pub mod command;
+pub mod lag;
 pub mod load;

@@ -1,0 +1,397 @@
+//! `es-bench lag`: live projection lag, from an append's commit to its row being readable, at
+//! steady write rates.
+//!
+//! A paced writer appends one `Configured` event per append to 500 deal streams round-robin at
+//! a steady rate (1,000 and 2,000 events/s by default; each append in its own task, so slow
+//! commits do not slow the pace). A `Worker` with `DealsProjector` and the default
+//! `WorkerConfig` runs in the same process, woken by NOTIFY. One poller reads the projection's
+//! live checkpoint every millisecond; an append's lag is the time from the append returning
+//! (its transaction committed) to the end of the first checkpoint read that covers its global
+//! position (the checkpoint commits with the batch's rows, so the row is readable then). The
+//! figures are upper bounds by at most one poll (about 1 ms).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use es_core::{EventData, EventStore, ExpectedVersion, Metadata, StreamId};
+use es_examples::deal::{configured_fields, DealEvent, DealsProjector};
+use es_postgres::PgEventStore;
+use es_projections::{Worker, WorkerConfig};
+use futures::{StreamExt, TryStreamExt};
+use sqlx::PgPool;
+
+use crate::common::{check, rate, write_section};
+use crate::fresh_db::with_fresh_database;
+use crate::report::{count, ms, Table};
+use crate::stats::Samples;
+use crate::svg::{line_chart, Axis, Marker, Series};
+use crate::BenchError;
+
+/// Options of `es-bench lag`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to write the markdown section.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write the chart (the section links to it by file name: keep it next to the
+    /// markdown it ends up in).
+    #[arg(long, default_value = "docs/benchmarks-lag.svg")]
+    svg: PathBuf,
+    /// Write rates in events/s, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000u64, 2_000])]
+    rates: Vec<u64>,
+    /// Measured seconds per rate.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Unmeasured seconds at the rate first.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Deal streams written round-robin.
+    #[arg(long, default_value_t = 500)]
+    streams: u64,
+}
+
+/// Appends waiting to be seen: position -> (when the append returned, measured or not).
+type Pending = Arc<Mutex<BTreeMap<i64, (Instant, bool)>>>;
+
+struct RateResult {
+    rate: u64,
+    lags: Samples,
+    append_latency: Samples,
+    appended: u64,
+    window: Duration,
+    max_in_flight: usize,
+}
+
+/// Runs the scenario on a fresh database and writes its section to `args.out`.
+pub async fn run(url: &str, args: Args) -> Result<(), BenchError> {
+    check(!args.rates.is_empty(), "--rates must name a rate")?;
+    check(args.streams > 0, "--streams must be at least 1")?;
+    let results = with_fresh_database(url, 64, |pool| measure(pool, &args)).await?;
+    if let Some(parent) = args.svg.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.svg, chart(&results))?;
+    eprintln!("wrote {}", args.svg.display());
+    write_section(&args.out, &section(&args, &results))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn measure(pool: PgPool, args: &Args) -> Result<Vec<RateResult>, BenchError> {
+    let store = PgEventStore::new(pool.clone());
+    // The streams exist before the worker starts.
+    let created: Vec<()> = futures::stream::iter(1..=args.streams)
+        .map(|n| {
+            let store = store.clone();
+            async move {
+                let stream = StreamId::new(format!("deal-{n}"))?;
+                let event = EventData::from_event(&DealEvent::Created, Metadata::default())?;
+                store
+                    .append(&stream, ExpectedVersion::NoStream, vec![event])
+                    .await?;
+                Ok::<_, BenchError>(())
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    check(
+        created.len() as u64 == args.streams,
+        "not every stream was created",
+    )?;
+
+    let worker = Worker::new(pool.clone(), es_examples::upcasters())
+        .projection(DealsProjector)?
+        .with_config(WorkerConfig::default());
+    let (stop_worker, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker_task = tokio::spawn(async move {
+        worker
+            .run(async {
+                stopped.await.ok();
+            })
+            .await
+    });
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        es_examples::deal::wait_caught_up(&pool, "deals", Duration::from_millis(50), |_, _| {}),
+    )
+    .await
+    .map_err(|_| "the worker did not catch up within 60 s")??;
+
+    let mut results = Vec::new();
+    let mut version_seed = 0u64;
+    for &rate in &args.rates {
+        let result = run_rate(&pool, &store, args, rate, &mut version_seed).await?;
+        eprintln!(
+            "{rate}/s: {} appends measured, lag p50 {} p99 {} max {}",
+            result.lags.len(),
+            ms(result.lags.quantile(0.5)),
+            ms(result.lags.quantile(0.99)),
+            ms(result.lags.quantile(1.0))
+        );
+        results.push(result);
+    }
+    stop_worker.send(()).ok();
+    worker_task.await??;
+    Ok(results)
+}
+
+async fn run_rate(
+    pool: &PgPool,
+    store: &PgEventStore,
+    args: &Args,
+    rate: u64,
+    seed: &mut u64,
+) -> Result<RateResult, BenchError> {
+    let pending: Pending = Arc::new(Mutex::new(BTreeMap::new()));
+    let lags = Arc::new(Mutex::new(Samples::default()));
+    let latencies = Arc::new(Mutex::new(Samples::default()));
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut max_in_flight = 0usize;
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+
+    // The poller: one checkpoint read per millisecond.
+    let (stop_poller, mut poller_stop) = tokio::sync::watch::channel(false);
+    let poller = {
+        let pool = pool.clone();
+        let pending = pending.clone();
+        let lags = lags.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = poller_stop.changed() => break,
+                }
+                let cursor = es_projections::checkpoint::live_cursor(&pool, "deals").await?;
+                let seen_at = Instant::now();
+                let Some(cursor) = cursor else { continue };
+                let mut pending = lock(&pending);
+                let later = pending.split_off(&(cursor.watermark.0 + 1));
+                let covered = std::mem::replace(&mut *pending, later);
+                let mut lags = lock(&lags);
+                for (position, (returned, measured)) in covered {
+                    if cursor.covers(es_core::GlobalPosition(position)) {
+                        if measured {
+                            lags.push(seen_at.saturating_duration_since(returned));
+                        }
+                    } else {
+                        pending.insert(position, (returned, measured));
+                    }
+                }
+            }
+            Ok::<_, BenchError>(())
+        })
+    };
+
+    // The paced writer.
+    let warmup = Duration::from_secs(args.warmup);
+    let window = Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut measured_appends = 0u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    while started.elapsed() < warmup + window {
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            sent += 1;
+            *seed += 1;
+            let n = sent % args.streams + 1;
+            let measured = started.elapsed() >= warmup;
+            measured_appends += u64::from(measured);
+            let store = store.clone();
+            let pending = pending.clone();
+            let latencies = latencies.clone();
+            let in_flight = in_flight.clone();
+            let errors = errors.clone();
+            let fields = configured_fields(n, *seed);
+            let now_in_flight = in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            max_in_flight = max_in_flight.max(now_in_flight);
+            tasks.spawn(async move {
+                let outcome = async {
+                    let stream = StreamId::new(format!("deal-{n}"))?;
+                    let event = EventData::from_event(
+                        &DealEvent::Configured { fields },
+                        Metadata::default(),
+                    )?;
+                    let called = Instant::now();
+                    let appended = store
+                        .append(&stream, ExpectedVersion::Any, vec![event])
+                        .await?;
+                    let returned = Instant::now();
+                    lock(&pending).insert(appended.global_position.0, (returned, measured));
+                    if measured {
+                        lock(&latencies).push(returned - called);
+                    }
+                    Ok::<_, BenchError>(())
+                }
+                .await;
+                in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                if let Err(error) = outcome {
+                    lock(&errors).push(error.to_string());
+                }
+            });
+            // Reap finished tasks so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed_window = started.elapsed().saturating_sub(warmup);
+    // Wait for the last appends to be seen.
+    let drained = Instant::now();
+    while !lock(&pending).is_empty() && drained.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_poller.send(true).ok();
+    poller.await??;
+    let errors = lock(&errors).clone();
+    check(
+        errors.is_empty(),
+        &format!(
+            "{} appends failed, first: {:?}",
+            errors.len(),
+            errors.first()
+        ),
+    )?;
+    check(
+        lock(&pending).is_empty(),
+        "some appends were never seen by the worker within 30 s",
+    )?;
+    let lags = lock(&lags).clone();
+    let append_latency = lock(&latencies).clone();
+    Ok(RateResult {
+        rate,
+        lags,
+        append_latency,
+        appended: measured_appends,
+        window: elapsed_window.min(window + Duration::from_secs(1)),
+        max_in_flight,
+    })
+}
+
+fn chart(results: &[RateResult]) -> String {
+    let max_ms = results
+        .iter()
+        .map(|r| r.lags.quantile(1.0).as_secs_f64() * 1000.0)
+        .fold(1.0f64, f64::max);
+    let top = 10f64.powf(max_ms.log10().ceil()).max(10.0);
+    let series: Vec<Series> = results
+        .iter()
+        .map(|r| {
+            let points = (0..=200)
+                .map(|i| {
+                    let q = i as f64 / 200.0;
+                    (
+                        (r.lags.quantile(q).as_secs_f64() * 1000.0).max(0.1),
+                        q * 100.0,
+                    )
+                })
+                .collect();
+            Series {
+                name: format!("{} events/s", count(r.rate)),
+                points,
+            }
+        })
+        .collect();
+    line_chart(
+        "Live lag: share of appends visible in the read table within x ms",
+        &Axis {
+            title: "lag from append commit to read row visible (ms, log scale)".into(),
+            min: 0.1,
+            max: top,
+            log: true,
+        },
+        &Axis {
+            title: "appends (%)".into(),
+            min: 0.0,
+            max: 100.0,
+            log: false,
+        },
+        &series,
+        &[Marker {
+            x: 50.0,
+            label: "target p99 ≤ 50 ms".into(),
+        }],
+    )
+}
+
+fn section(args: &Args, results: &[RateResult]) -> String {
+    let mut table = Table::new(&[
+        ">target rate",
+        ">achieved",
+        ">appends measured",
+        ">lag p50",
+        ">lag p90",
+        ">lag p99",
+        ">lag max",
+        ">append p50",
+        ">append p99",
+        ">appends in flight (max)",
+    ]);
+    for r in results {
+        table.row(vec![
+            rate(r.rate as f64),
+            rate(r.appended as f64 / r.window.as_secs_f64().max(1e-9)),
+            count(r.lags.len() as u64),
+            ms(r.lags.quantile(0.5)),
+            ms(r.lags.quantile(0.9)),
+            ms(r.lags.quantile(0.99)),
+            ms(r.lags.quantile(1.0)),
+            ms(r.append_latency.quantile(0.5)),
+            ms(r.append_latency.quantile(0.99)),
+            count(r.max_in_flight as u64),
+        ]);
+    }
+    let verdict = match results.iter().find(|r| r.rate == 1_000) {
+        None => "not measured (1,000 events/s not in this run)".to_string(),
+        Some(r) => {
+            let p99 = r.lags.quantile(0.99).as_secs_f64() * 1000.0;
+            if p99 <= 50.0 {
+                format!("**met** (p99 {p99:.1} ms)")
+            } else {
+                format!(
+                    "**missed** (p99 {p99:.1} ms, {:.0} % over)",
+                    (p99 / 50.0 - 1.0) * 100.0
+                )
+            }
+        }
+    };
+    let svg_name = args
+        .svg
+        .file_name()
+        .map_or("benchmarks-lag.svg".into(), |n| {
+            n.to_string_lossy().into_owned()
+        });
+    format!(
+        "## Live lag (`es-bench lag`)\n\
+         \n\
+         A paced writer appends one `Configured` event per append (each its own transaction, \
+         `ExpectedVersion::Any`) to {streams} deal streams round-robin, at a steady rate, each \
+         append in its own task so that a slow commit does not slow the pace. A `Worker` with \
+         `DealsProjector` and the default `WorkerConfig` (batch 500, NOTIFY wake-ups, polling \
+         every 500 ms as the fallback) runs in the same process. One poller reads the \
+         projection's checkpoint every millisecond: an append's lag is the time from the append \
+         returning (committed) to the end of the first checkpoint read covering its global \
+         position (the checkpoint commits with the rows, so the read row is visible then): an \
+         upper bound, within about one poll. {warmup} s at the rate unmeasured, then {secs} s \
+         measured, per rate.\n\
+         \n\
+         **Target:** live lag p99 at most 50 ms at 1,000 events/s: {verdict}.\n\
+         \n\
+         {table}\n\
+         The distribution (share of appends seen within x ms, log scale):\n\
+         \n\
+         ![Live lag distribution]({svg_name})\n",
+        streams = args.streams,
+        warmup = args.warmup,
+        secs = args.seconds,
+        table = table.to_markdown(),
+    )
+}
