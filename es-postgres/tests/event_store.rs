@@ -254,3 +254,24 @@ async fn the_writing_transaction_is_recorded_before_the_position() {
     .unwrap();
     assert_eq!(per_append, vec![1; 5]);
 }
+
+#[tokio::test]
+async fn the_transaction_id_column_precedes_the_position_column() {
+    // The gap-aware reader's premise rests on this order: PostgreSQL evaluates column defaults
+    // in column order, so pg_current_xact_id() assigns the writer's transaction id before the
+    // identity default takes a position. A migration that reorders them breaks the proof.
+    let db = TestDatabase::create().await;
+    let order: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT attname::text, pg_get_expr(d.adbin, d.adrelid)
+         FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE a.attrelid = 'es_events'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.attname IN ('transaction_id', 'global_position')
+         ORDER BY a.attnum",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(order[0].0, "transaction_id");
+    assert_eq!(order[0].1.as_deref(), Some("pg_current_xact_id()"));
+    assert_eq!(order[1].0, "global_position");
+}

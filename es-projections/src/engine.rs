@@ -82,17 +82,18 @@ async fn savepoint(conn: &mut PgConnection, sql: &str) -> Result<(), ProjectionE
 async fn park(
     conn: &mut PgConnection,
     projection: &str,
-    generation: i32,
+    tables: &Tables,
     event: &EventRef,
     schema_version: u32,
-    error: &str,
+    error: &(dyn std::fmt::Display + Sync),
 ) -> Result<(), ProjectionError> {
+    let (generation, error) = (tables.generation(), error.to_string());
     warn!(
         projection,
         stream = %event.stream,
         position = %event.position,
         event_type = %event.event_type,
-        error,
+        error = %error,
         "parking event in es_dead_letters"
     );
     sqlx::query(
@@ -109,7 +110,7 @@ async fn park(
     .bind(i64::try_from(event.stream_version.0).unwrap_or(i64::MAX))
     .bind(&event.event_type)
     .bind(i32::try_from(schema_version).unwrap_or(i32::MAX))
-    .bind(error)
+    .bind(&error)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -156,27 +157,16 @@ impl<P: Projector> DynProjector for Erased<P> {
                     refs.push(reference);
                 }
                 Ok(None) => {}
-                Err(error) => match policy {
-                    ErrorPolicy::Stop => {
-                        return Err(ProjectionError::Decode {
-                            projection: name.to_string(),
-                            source: error,
-                        })
-                    }
-                    ErrorPolicy::DeadLetter => {
-                        let message = error.to_string();
-                        park(
-                            conn,
-                            name,
-                            tables.generation(),
-                            &reference,
-                            schema_version,
-                            &message,
-                        )
-                        .await?;
-                        outcome.parked += 1;
-                    }
-                },
+                Err(error) if policy == ErrorPolicy::Stop => {
+                    return Err(ProjectionError::Decode {
+                        projection: name.to_string(),
+                        source: error,
+                    })
+                }
+                Err(error) => {
+                    park(conn, name, tables, &reference, schema_version, &error).await?;
+                    outcome.parked += 1;
+                }
             }
         }
         if decoded.is_empty() {
@@ -207,28 +197,15 @@ impl<P: Projector> DynProjector for Erased<P> {
                 }
                 Err(error) => {
                     savepoint(conn, "ROLLBACK TO SAVEPOINT es_event").await?;
-                    match policy {
-                        ErrorPolicy::Stop => {
-                            return Err(ProjectionError::Handler {
-                                projection: name.to_string(),
-                                event: reference,
-                                source: error,
-                            })
-                        }
-                        ErrorPolicy::DeadLetter => {
-                            let message = error.to_string();
-                            park(
-                                conn,
-                                name,
-                                tables.generation(),
-                                &reference,
-                                schema_version,
-                                &message,
-                            )
-                            .await?;
-                            outcome.parked += 1;
-                        }
+                    if policy == ErrorPolicy::Stop {
+                        return Err(ProjectionError::Handler {
+                            projection: name.to_string(),
+                            event: reference,
+                            source: error,
+                        });
                     }
+                    park(conn, name, tables, &reference, schema_version, &error).await?;
+                    outcome.parked += 1;
                 }
             }
         }
