@@ -49,6 +49,8 @@ enum Scenario {
     Catchup(scenarios::catchup::Args),
     /// Live lag from append commit to read row, at steady write rates.
     Lag(scenarios::lag::Args),
+    /// A filtered query from the read table against folding the events on every read.
+    Query(scenarios::query::Args),
     /// Internal: one rebuild in a child process, reporting its time and peak memory.
     #[command(hide = true)]
     RebuildChild(scenarios::catchup::ChildArgs),
@@ -72,6 +74,7 @@ async fn main() -> Result<(), BenchError> {
         Scenario::Command(args) => scenarios::command::run(&url, args).await,
         Scenario::Catchup(args) => scenarios::catchup::run(&url, args).await,
         Scenario::Lag(args) => scenarios::lag::run(&url, args).await,
+        Scenario::Query(args) => scenarios::query::run(&url, args).await,
         Scenario::RebuildChild(args) => scenarios::catchup::child(&url, args).await,
     }
 }

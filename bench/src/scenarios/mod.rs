@@ -7,3 +7,4 @@ pub mod catchup;
 pub mod command;
 pub mod lag;
 pub mod load;
+pub mod query;
