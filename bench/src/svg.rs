@@ -81,7 +81,7 @@ impl Axis {
 
 fn label(v: f64) -> String {
     if v >= 1000.0 {
-        format!("{}", crate::report::count(v.round() as u64))
+        crate::report::count(v.round() as u64)
     } else if v >= 1.0 || v == 0.0 {
         format!("{}", (v * 100.0).round() / 100.0)
     } else {

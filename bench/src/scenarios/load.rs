@@ -34,6 +34,7 @@ use sqlx::PgPool;
 use crate::fresh_db::with_fresh_database;
 use crate::report::{count, ms, times, Table};
 use crate::stats::{ratio, Samples};
+use crate::svg::{line_chart, Axis, Series};
 use crate::BenchError;
 
 /// Options of `es-bench load`.
@@ -54,6 +55,10 @@ pub struct Args {
     /// The snapshot policy: a snapshot every N events.
     #[arg(long, default_value_t = 100)]
     snapshot_every: u64,
+    /// Where to write the chart of load time against stream length (the section links to it
+    /// by file name: keep it next to the markdown it ends up in).
+    #[arg(long, default_value = "docs/benchmarks-load.svg")]
+    svg: PathBuf,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,7 +282,12 @@ pub async fn run(url: &str, args: Args) -> Result<(), BenchError> {
         args.snapshot_every > 0,
         "--snapshot-every must be at least 1",
     )?;
-    let section = with_fresh_database(url, 4, |pool| measure(pool, &args)).await?;
+    let (section, svg) = with_fresh_database(url, 4, |pool| measure(pool, &args)).await?;
+    if let Some(parent) = args.svg.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.svg, svg)?;
+    eprintln!("wrote {}", args.svg.display());
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -286,7 +296,60 @@ pub async fn run(url: &str, args: Args) -> Result<(), BenchError> {
     Ok(())
 }
 
-async fn measure(pool: PgPool, args: &Args) -> Result<String, BenchError> {
+/// Load time (median, log scale) against stream length (log scale), one line per method.
+fn chart(cases: &[Case]) -> String {
+    let names = [
+        "raw SQL",
+        "raw SQL, envelope",
+        "full replay",
+        "from snapshot",
+    ];
+    let series: Vec<Series> = names
+        .iter()
+        .enumerate()
+        .map(|(m, name)| Series {
+            name: name.to_string(),
+            points: cases
+                .iter()
+                .map(|c| {
+                    (
+                        c.events as f64,
+                        (c.samples[m].median().as_secs_f64() * 1000.0).max(0.01),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    let max_events = cases.iter().map(|c| c.events).max().unwrap_or(10) as f64;
+    let min_events = cases.iter().map(|c| c.events).min().unwrap_or(10) as f64;
+    let max_ms = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.01f64, f64::max);
+    let min_ms = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(f64::MAX, f64::min);
+    line_chart(
+        "Aggregate load time against stream length (medians)",
+        &Axis {
+            title: "events in stream (log scale)".into(),
+            min: 10f64.powf(min_events.log10().floor()),
+            max: 10f64.powf(max_events.log10().ceil()),
+            log: true,
+        },
+        &Axis {
+            title: "load time (ms, log scale)".into(),
+            min: 10f64.powf(min_ms.log10().floor()),
+            max: 10f64.powf(max_ms.log10().ceil()),
+            log: true,
+        },
+        &series,
+        &[],
+    )
+}
+
+async fn measure(pool: PgPool, args: &Args) -> Result<(String, String), BenchError> {
     let store = PgEventStore::new(pool.clone()).without_notify();
     let every = args.snapshot_every;
     let loaders = Loaders {
@@ -375,7 +438,7 @@ async fn measure(pool: PgPool, args: &Args) -> Result<String, BenchError> {
             eprintln!("round {}/{rounds}", round + 1);
         }
     }
-    Ok(section(args, &cases))
+    Ok((section(args, &cases), chart(&cases)))
 }
 
 fn section(args: &Args, cases: &[Case]) -> String {
@@ -440,7 +503,12 @@ fn section(args: &Args, cases: &[Case]) -> String {
          {medians}\n\
          Spread of the same measurements (10th to 90th percentile):\n\
          \n\
-         {spread}",
+         {spread}\n\
+         ![Aggregate load time against stream length]({svg_name})\n",
+        svg_name = args
+            .svg
+            .file_name()
+            .map_or("benchmarks-load.svg".into(), |n| n.to_string_lossy().into_owned()),
         less = every - 1,
         warmup = args.warmup,
         medians = medians.to_markdown(),
