@@ -343,17 +343,34 @@ impl Upcasters {
         if !E::handles(&event.event_type) {
             return Ok(None);
         }
-        let decoded = E::decode(&event.event_type, event.payload).map_err(|source| {
-            DecodeError::MalformedPayload {
-                stream: event.stream_id.clone(),
+        decode_current(event).map(Some)
+    }
+
+    /// Like [`Upcasters::decode`], but an event `E` does not define is an error: an aggregate's
+    /// stream must hold only its own events (another aggregate's type here usually means a
+    /// wrong stream id).
+    pub fn decode_required<E: DomainEvent>(
+        &self,
+        event: RecordedEvent,
+    ) -> Result<EventEnvelope<E>, DecodeError> {
+        let event = self.upcast(event)?;
+        if !E::handles(&event.event_type) {
+            return Err(DecodeError::UnknownEventType {
+                stream: event.stream_id,
                 stream_version: event.stream_version,
                 position: event.global_position,
-                event_type: event.event_type.clone(),
+                event_type: event.event_type,
                 schema_version: event.schema_version,
-                source,
-            }
-        })?;
-        Ok(Some(EventEnvelope {
+            });
+        }
+        decode_current(event)
+    }
+}
+
+/// Decodes an event already at the current version of a type `E` defines.
+fn decode_current<E: DomainEvent>(event: RecordedEvent) -> Result<EventEnvelope<E>, DecodeError> {
+    match E::decode(&event.event_type, event.payload) {
+        Ok(decoded) => Ok(EventEnvelope {
             event: decoded,
             event_id: event.event_id,
             stream_id: event.stream_id,
@@ -362,29 +379,15 @@ impl Upcasters {
             event_type: event.event_type,
             metadata: event.metadata,
             recorded_at: event.recorded_at,
-        }))
-    }
-
-    /// Like [`Upcasters::decode`], but an event `E` does not define is an error: an aggregate's
-    /// stream must hold only its own events.
-    pub fn decode_required<E: DomainEvent>(
-        &self,
-        event: RecordedEvent,
-    ) -> Result<EventEnvelope<E>, DecodeError> {
-        let (stream, stream_version, position) = (
-            event.stream_id.clone(),
-            event.stream_version,
-            event.global_position,
-        );
-        let (event_type, schema_version) = (event.event_type.clone(), event.schema_version);
-        self.decode::<E>(event)?
-            .ok_or(DecodeError::UnknownEventType {
-                stream,
-                stream_version,
-                position,
-                event_type,
-                schema_version,
-            })
+        }),
+        Err(source) => Err(DecodeError::MalformedPayload {
+            stream: event.stream_id,
+            stream_version: event.stream_version,
+            position: event.global_position,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            source,
+        }),
     }
 }
 

@@ -6,9 +6,16 @@
 //! rather than inside the append's transaction, because a transaction that issues NOTIFY takes
 //! a database-wide lock at commit, which would serialise every appending writer's commit.
 
+use std::time::Duration;
+
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tracing::debug;
+
+/// The least time between two notifications. A NOTIFY is a transaction of its own (with a commit
+/// to flush), so under a stream of appends one per few milliseconds is plenty: the first append
+/// after a quiet spell is notified at once, and workers keep reading while batches are full.
+const MIN_GAP: Duration = Duration::from_millis(5);
 
 /// The channel the store notifies after appends.
 pub const NOTIFY_CHANNEL: &str = "es_events";
@@ -35,6 +42,8 @@ impl Notifier {
                     // Workers poll as a fallback; a lost wake-up only adds latency.
                     debug!(%error, "NOTIFY failed; workers will find the events by polling");
                 }
+                // Appends made meanwhile leave one wake-up pending, sent right after the gap.
+                tokio::time::sleep(MIN_GAP).await;
             }
         });
         Some(Self { wake })

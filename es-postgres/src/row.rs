@@ -10,7 +10,8 @@ use uuid::Uuid;
 use crate::error::storage;
 
 /// Decodes one row of `SELECT global_position, event_id, stream_id, stream_version, event_type,
-/// schema_version, payload, metadata, recorded_at`.
+/// schema_version, payload, metadata, recorded_at` (by name: the log reader's rows carry two
+/// more columns in front).
 pub fn recorded_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let get = |e| storage("decoding an es_events row", e);
     let stream_id: String = row.try_get("stream_id").map_err(get)?;
@@ -40,7 +41,10 @@ pub fn recorded_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 /// Metadata written by another tool may not fit [`Metadata`]'s fields; keep it all as headers
 /// rather than fail or drop it.
 fn lossless_metadata(value: Value) -> Metadata {
-    match Metadata::from_json(value.clone()) {
+    if value.as_object().is_some_and(|m| m.is_empty()) {
+        return Metadata::default();
+    }
+    match <Metadata as serde::Deserialize>::deserialize(&value) {
         Ok(metadata) => metadata,
         Err(_) => Metadata {
             headers: match value {

@@ -30,8 +30,9 @@ const READ_ALL: &str = include_str!("sql/read_all.sql");
 const LOAD_SNAPSHOT: &str = include_str!("sql/load_snapshot.sql");
 const SAVE_SNAPSHOT: &str = include_str!("sql/save_snapshot.sql");
 
-/// How many times an append with [`ExpectedVersion::Any`] retries a version race by itself.
-const ANY_RETRIES: usize = 10;
+/// How many times an append with [`ExpectedVersion::Any`] retries a version race by itself
+/// (with a short random pause that grows with each attempt, so racing writers spread out).
+const ANY_RETRIES: usize = 100;
 
 /// The PostgreSQL event store. Cheap to clone: clones share the pool.
 #[derive(Clone)]
@@ -198,6 +199,9 @@ impl EventStore for PgEventStore {
                     if expected == ExpectedVersion::Any && attempt < ANY_RETRIES =>
                 {
                     trace!(stream = %stream, attempt, "version race on an Any append; retrying");
+                    let cap_micros = (attempt as u64 * 200).min(20_000);
+                    let pause = uuid::Uuid::new_v4().as_u128() as u64 % cap_micros;
+                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
                     attempt += 1;
                 }
                 other => break other?,
