@@ -61,19 +61,27 @@ pub enum System {
     CqrsEs,
     /// es-core + es-postgres.
     Ours,
+    /// es-core + es-postgres with the repository's aggregate cache (`with_cache`).
+    OursCached,
     /// Hand-written SQL.
     Raw,
 }
 
 impl System {
     /// All three, in report order.
-    pub const ALL: [System; 3] = [System::Ours, System::CqrsEs, System::Raw];
+    pub const ALL: [System; 4] = [
+        System::Ours,
+        System::OursCached,
+        System::CqrsEs,
+        System::Raw,
+    ];
 
     /// The name in the report.
     pub fn label(self) -> &'static str {
         match self {
             System::CqrsEs => "cqrs-es + postgres-es",
             System::Ours => "ours (es-core + es-postgres)",
+            System::OursCached => "ours with the aggregate cache",
             System::Raw => "raw PostgreSQL",
         }
     }
@@ -83,6 +91,7 @@ impl System {
         match self {
             System::CqrsEs => "cq",
             System::Ours => "es",
+            System::OursCached => "esc",
             System::Raw => "raw",
         }
     }
@@ -94,6 +103,7 @@ pub struct Systems {
     cqrs: CqrsFramework<CqrsDeal, PersistedEventStore<PostgresEventRepository, CqrsDeal>>,
     cqrs_store: PersistedEventStore<PostgresEventRepository, CqrsDeal>,
     ours: Repository<Deal>,
+    ours_cached: Repository<Deal>,
 }
 
 impl Systems {
@@ -108,11 +118,15 @@ impl Systems {
             PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
         let ours = Repository::<Deal>::new(PgEventStore::new(pool.clone()))
             .with_upcasters(Arc::new(es_examples::deal::upcasters()));
+        let ours_cached = Repository::<Deal>::new(PgEventStore::new(pool.clone()))
+            .with_upcasters(Arc::new(es_examples::deal::upcasters()))
+            .with_cache(100_000);
         Ok(Self {
             pool,
             cqrs,
             cqrs_store,
             ours,
+            ours_cached,
         })
     }
 
@@ -138,6 +152,12 @@ impl Systems {
                 self.ours.execute(&StreamId::new(id)?, command).await?;
                 Ok(())
             }
+            System::OursCached => {
+                self.ours_cached
+                    .execute(&StreamId::new(id)?, command)
+                    .await?;
+                Ok(())
+            }
             System::Raw => raw_command(&self.pool, id, command).await,
         }
     }
@@ -158,7 +178,8 @@ impl Systems {
                 let sequence = context.current_sequence as u64;
                 Ok((context.aggregate.configuration, sequence))
             }
-            System::Ours => {
+            // Loads never use the cache: both read the stream.
+            System::Ours | System::OursCached => {
                 let loaded = self.ours.load(&StreamId::new(id)?).await?;
                 Ok((loaded.state.configuration, loaded.version.0))
             }
