@@ -20,6 +20,7 @@ use es_examples::deal::{configured_fields, DealEvent, DealsProjector};
 use es_postgres::PgEventStore;
 use es_projections::{Worker, WorkerConfig};
 use futures::{StreamExt, TryStreamExt};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::common::{check, rate, write_section};
@@ -105,7 +106,18 @@ async fn measure(pool: PgPool, args: &Args) -> Result<Vec<RateResult>, BenchErro
         "not every stream was created",
     )?;
 
-    let worker = Worker::new(pool.clone(), es_examples::upcasters())
+    // The worker and the poller get pools of their own, as a worker process would: the
+    // writer's appends in flight must not hold the connections they need.
+    let options = (*pool.connect_options()).clone();
+    let worker_pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options.clone())
+        .await?;
+    let poller_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let worker = Worker::new(worker_pool.clone(), es_examples::upcasters())
         .projection(DealsProjector)?
         .with_config(WorkerConfig::default());
     let (stop_worker, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -126,7 +138,7 @@ async fn measure(pool: PgPool, args: &Args) -> Result<Vec<RateResult>, BenchErro
     let mut results = Vec::new();
     let mut version_seed = 0u64;
     for &rate in &args.rates {
-        let result = run_rate(&pool, &store, args, rate, &mut version_seed).await?;
+        let result = run_rate(&poller_pool, &store, args, rate, &mut version_seed).await?;
         eprintln!(
             "{rate}/s: {} appends measured, lag p50 {} p99 {} max {}",
             result.lags.len(),
@@ -138,6 +150,8 @@ async fn measure(pool: PgPool, args: &Args) -> Result<Vec<RateResult>, BenchErro
     }
     stop_worker.send(()).ok();
     worker_task.await??;
+    worker_pool.close().await;
+    poller_pool.close().await;
     Ok(results)
 }
 
@@ -376,7 +390,8 @@ fn section(args: &Args, results: &[RateResult]) -> String {
          `ExpectedVersion::Any`) to {streams} deal streams round-robin, at a steady rate, each \
          append in its own task so that a slow commit does not slow the pace. A `Worker` with \
          `DealsProjector` and the default `WorkerConfig` (batch 500, NOTIFY wake-ups, polling \
-         every 500 ms as the fallback) runs in the same process. One poller reads the \
+         every 500 ms as the fallback) runs in the same process on a pool of its own (4 \
+         connections, as a worker process would have; the writer's pool has 64). One poller reads the \
          projection's checkpoint every millisecond: an append's lag is the time from the append \
          returning (committed) to the end of the first checkpoint read covering its global \
          position (the checkpoint commits with the rows, so the read row is visible then): an \
