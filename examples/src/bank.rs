@@ -1,8 +1,13 @@
 //! A bank account: no overdraft, even under concurrent withdrawals. Conflicts and retries are
 //! the point: two withdrawals decided on the same balance cannot both be written.
 
-use es_core::{Aggregate, DomainEvent};
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use es_core::{Aggregate, DomainEvent, EventEnvelope, StreamId};
+use es_projections::{Projector, ProjectorError, Tables};
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 
 /// An account's state: the balance in cents, and whether it is open.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -113,6 +118,157 @@ impl Aggregate for Account {
             AccountEvent::Deposited { amount } => self.balance += amount,
             AccountEvent::Withdrawn { amount } => self.balance -= amount,
         }
+    }
+}
+
+/// Every account stream's id starts with this.
+pub const STREAM_PREFIX: &str = "account-";
+
+/// The `account_balances` read table: each account's balance and the version it reflects.
+/// Reads every account event type.
+pub struct BalancesProjector;
+
+#[async_trait]
+impl Projector for BalancesProjector {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        "account_balances"
+    }
+
+    fn tables(&self) -> &[&'static str] {
+        &["account_balances"]
+    }
+
+    fn accepts_stream(&self, stream: &StreamId) -> bool {
+        stream.as_str().starts_with(STREAM_PREFIX)
+    }
+
+    async fn setup(&self, conn: &mut PgConnection, tables: &Tables) -> Result<(), ProjectorError> {
+        let t = tables.get("account_balances")?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {t} (
+                 account_id text PRIMARY KEY,
+                 balance bigint NOT NULL,
+                 stream_version bigint NOT NULL
+             )"
+        ))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        tables: &Tables,
+        events: &[EventEnvelope<AccountEvent>],
+    ) -> Result<(), ProjectorError> {
+        // Fold the batch per account, then one multi-row upsert.
+        let mut changes: HashMap<&str, (i64, i64)> = HashMap::new();
+        for e in events {
+            let delta = match e.event {
+                AccountEvent::Opened { .. } => 0,
+                AccountEvent::Deposited { amount } => amount,
+                AccountEvent::Withdrawn { amount } => -amount,
+            };
+            let entry = changes.entry(e.stream_id.as_str()).or_default();
+            entry.0 += delta;
+            entry.1 = entry.1.max(e.stream_version.0 as i64);
+        }
+        let (mut ids, mut deltas, mut versions) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, (delta, version)) in changes {
+            ids.push(id.to_string());
+            deltas.push(delta);
+            versions.push(version);
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {t} AS b (account_id, balance, stream_version)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+             ON CONFLICT (account_id) DO UPDATE
+             SET balance = b.balance + excluded.balance, stream_version = excluded.stream_version",
+            t = tables.get("account_balances")?
+        ))
+        .bind(&ids)
+        .bind(&deltas)
+        .bind(&versions)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The only event the owners directory reads. Its own enum: `Deposited` and `Withdrawn` never
+/// reach it (a projector receives only the types its enum defines).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OwnerEvent {
+    /// The account was opened for an owner.
+    Opened {
+        /// Who owns it.
+        owner: String,
+    },
+}
+
+impl DomainEvent for OwnerEvent {
+    const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Opened", 1)];
+}
+
+/// The `account_owners` read table: who owns which account.
+pub struct OwnersProjector;
+
+#[async_trait]
+impl Projector for OwnersProjector {
+    type Event = OwnerEvent;
+
+    fn name(&self) -> &str {
+        "account_owners"
+    }
+
+    fn tables(&self) -> &[&'static str] {
+        &["account_owners"]
+    }
+
+    fn accepts_stream(&self, stream: &StreamId) -> bool {
+        stream.as_str().starts_with(STREAM_PREFIX)
+    }
+
+    async fn setup(&self, conn: &mut PgConnection, tables: &Tables) -> Result<(), ProjectorError> {
+        let t = tables.get("account_owners")?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {t} (account_id text PRIMARY KEY, owner text NOT NULL)"
+        ))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&format!(
+            "CREATE INDEX IF NOT EXISTS {t}_owner_idx ON {t} (owner)"
+        ))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        tables: &Tables,
+        events: &[EventEnvelope<OwnerEvent>],
+    ) -> Result<(), ProjectorError> {
+        let (ids, owners): (Vec<String>, Vec<String>) = events
+            .iter()
+            .map(|e| {
+                let OwnerEvent::Opened { owner } = &e.event;
+                (e.stream_id.to_string(), owner.clone())
+            })
+            .unzip();
+        sqlx::query(&format!(
+            "INSERT INTO {} (account_id, owner) SELECT * FROM unnest($1::text[], $2::text[])",
+            tables.get("account_owners")?
+        ))
+        .bind(&ids)
+        .bind(&owners)
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 }
 

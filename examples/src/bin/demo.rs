@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use es_core::{EventStore, ExpectedVersion, Repository, RepositoryError, StreamId};
-use es_examples::bank::{Account, AccountCommand, AccountError};
+use es_examples::bank::{
+    Account, AccountCommand, AccountError, BalancesProjector, OwnersProjector,
+};
 use es_examples::deal::{
     count_by_folding, load, wait_caught_up, Deal, DealsProjector, LoadOptions,
 };
@@ -137,6 +139,44 @@ async fn bank(pool: &PgPool) -> Result<(), Error> {
         .fetch_one(pool)
         .await?;
     println!("{id} holds {count} events in es_events");
+
+    println!("\n== Two projections of the same streams, reading different event types");
+    let worker = Worker::new(pool.clone(), upcasters())
+        .projection(BalancesProjector)?
+        .projection(OwnersProjector)?;
+    let head: i64 = sqlx::query_scalar("SELECT max(global_position) FROM es_events")
+        .fetch_one(pool)
+        .await?;
+    let shutdown = async {
+        for name in ["account_balances", "account_owners"] {
+            let reached = es_projections::wait_for(
+                pool,
+                name,
+                es_core::GlobalPosition(head),
+                Duration::from_secs(60),
+            )
+            .await;
+            if let Err(error) = reached {
+                eprintln!("{error}");
+            }
+        }
+    };
+    worker.run(shutdown).await?;
+    let (balance, version): (i64, i64) = sqlx::query_as(
+        "SELECT balance, stream_version FROM account_balances WHERE account_id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_one(pool)
+    .await?;
+    let owner: String =
+        sqlx::query_scalar("SELECT owner FROM account_owners WHERE account_id = $1")
+            .bind(id.as_str())
+            .fetch_one(pool)
+            .await?;
+    println!(
+        "account_balances (every event type): balance {balance} at version {version}; \
+         account_owners (only Opened): owner {owner}"
+    );
     Ok(())
 }
 

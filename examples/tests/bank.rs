@@ -1,0 +1,141 @@
+//! The bank account on PostgreSQL: no overdraft under concurrent withdrawals (conflicts retried),
+//! and two projectors that read different event types of the same streams.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use es_core::{GlobalPosition, Repository, RepositoryError, StreamId};
+use es_examples::bank::{
+    Account, AccountCommand, AccountError, BalancesProjector, OwnersProjector,
+};
+use es_postgres::testing::TestDatabase;
+use es_postgres::PgEventStore;
+use es_projections::Worker;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_withdrawals_never_overdraw_and_both_projections_agree() {
+    let db = TestDatabase::with_max_connections(30).await;
+    let accounts = Arc::new(Repository::<Account>::new(PgEventStore::new(
+        db.pool.clone(),
+    )));
+    let ids: Vec<StreamId> = (0..10)
+        .map(|i| StreamId::new(format!("account-{i}")).unwrap())
+        .collect();
+    let mut last = GlobalPosition(0);
+    for (i, id) in ids.iter().enumerate() {
+        let owner = format!("owner-{}", i % 3);
+        accounts
+            .execute(id, AccountCommand::Open { owner })
+            .await
+            .unwrap();
+        last = accounts
+            .execute(id, AccountCommand::Deposit { amount: 1_000 })
+            .await
+            .unwrap()
+            .global_position
+            .unwrap();
+    }
+    // 16 tasks each try 15 withdrawals of 30 from every account: 240 x 30 = 7,200 asked of each
+    // balance of 1,000. Exactly 33 per account can pass.
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (accounts, ids) = (accounts.clone(), ids.clone());
+            tokio::spawn(async move {
+                let (mut accepted, mut refused, mut retries, mut last) =
+                    (0, 0, 0, GlobalPosition(0));
+                for _ in 0..15 {
+                    for id in &ids {
+                        match accounts
+                            .execute(id, AccountCommand::Withdraw { amount: 30 })
+                            .await
+                        {
+                            Ok(outcome) => {
+                                accepted += 1;
+                                retries += outcome.attempts - 1;
+                                last = last.max(outcome.global_position.unwrap());
+                            }
+                            Err(RepositoryError::Domain(AccountError::InsufficientFunds {
+                                ..
+                            })) => refused += 1,
+                            Err(other) => panic!("unexpected {other}"),
+                        }
+                    }
+                }
+                (accepted, refused, retries, last)
+            })
+        })
+        .collect();
+    let (mut accepted, mut refused, mut retries) = (0, 0, 0);
+    for task in tasks {
+        let (a, r, t, l) = task.await.unwrap();
+        accepted += a;
+        refused += r;
+        retries += t;
+        last = last.max(l);
+    }
+    assert_eq!(accepted, 10 * 33, "every account pays out exactly 33 x 30");
+    assert_eq!(refused, 16 * 15 * 10 - 10 * 33);
+    assert!(retries > 0, "the race caused conflicts that were retried");
+    for id in &ids {
+        assert_eq!(accounts.load(id).await.unwrap().state.balance, 10);
+    }
+
+    let worker = Worker::new(db.pool.clone(), es_examples::upcasters())
+        .projection(BalancesProjector)
+        .unwrap()
+        .projection(OwnersProjector)
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    for name in ["account_balances", "account_owners"] {
+        es_projections::wait_for(&db.pool, name, last, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+
+    let balances: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT account_id, balance, stream_version FROM account_balances ORDER BY account_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(balances.len(), 10);
+    for (id, balance, version) in balances {
+        let loaded = accounts.load(&StreamId::new(id).unwrap()).await.unwrap();
+        assert_eq!(
+            (balance, version as u64),
+            (loaded.state.balance, loaded.version.0)
+        );
+    }
+    let owners: Vec<(String, i64)> =
+        sqlx::query_as("SELECT owner, count(*) FROM account_owners GROUP BY owner ORDER BY owner")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        owners,
+        vec![
+            ("owner-0".into(), 4),
+            ("owner-1".into(), 3),
+            ("owner-2".into(), 3)
+        ]
+    );
+    // The owners projector received the ten Opened events and nothing else.
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT events_applied FROM es_projections WHERE name = 'account_owners'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, 10);
+}
