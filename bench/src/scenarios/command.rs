@@ -26,7 +26,7 @@ use sqlx::PgPool;
 
 use crate::common::{check, rate, rate_median, rate_spread, verdict_at_least, write_section};
 use crate::fresh_db::with_fresh_database;
-use crate::report::{count, times, Table};
+use crate::report::{count, ms, times, Table};
 use crate::stats::Samples;
 use crate::BenchError;
 
@@ -214,6 +214,8 @@ async fn measure(pool: PgPool, args: &Args) -> Result<String, BenchError> {
     });
     // samples[w][m]: writers WRITERS[w], method METHODS[m].
     let mut samples: Vec<Vec<Samples>> = vec![vec![Samples::default(); METHODS.len()]; 2];
+    // Client CPU time (this process, user + system) spent in measured repetitions.
+    let mut cpu: Vec<Vec<Duration>> = vec![vec![Duration::ZERO; METHODS.len()]; 2];
     let mut n = 0u64;
     let started = Instant::now();
     let rounds = args.warmup + args.repetitions;
@@ -230,6 +232,7 @@ async fn measure(pool: PgPool, args: &Args) -> Result<String, BenchError> {
                     streams.push((n, stream));
                 }
                 let per_writer = args.commands / writers;
+                let cpu_before = process_cpu();
                 let t = Instant::now();
                 let tasks: Vec<_> = streams
                     .into_iter()
@@ -242,6 +245,7 @@ async fn measure(pool: PgPool, args: &Args) -> Result<String, BenchError> {
                 }
                 if round >= args.warmup {
                     samples[w][m].push(t.elapsed());
+                    cpu[w][m] += process_cpu().saturating_sub(cpu_before);
                 }
             }
         }
@@ -303,10 +307,98 @@ async fn measure(pool: PgPool, args: &Args) -> Result<String, BenchError> {
             }
         }
     }
-    Ok(section(args, &samples, &hot, started.elapsed()))
+    let server = server_times(&pool).await?;
+    Ok(section(
+        args,
+        &samples,
+        &cpu,
+        &hot,
+        &server,
+        started.elapsed(),
+    ))
 }
 
-fn section(args: &Args, samples: &[Vec<Samples>], hot: &[Hot; 2], elapsed: Duration) -> String {
+/// CPU time of this process so far (user + system), from `/proc/self/stat` (clock ticks of
+/// 10 ms); zero where unreadable.
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The append statement of `PgEventStore` (read from es-postgres' sources).
+const APPEND_SQL: &str = include_str!("../../../es-postgres/src/sql/append.sql");
+
+/// Server-side planning + execution time of one single-event append (the store's statement,
+/// exact expected version) and of the raw single-row INSERT, each run `N` times alternately
+/// under `EXPLAIN (ANALYZE)` inside a transaction that is rolled back: medians.
+/// Returns [append execution, raw execution, append planning, raw planning].
+async fn server_times(pool: &PgPool) -> Result<[Samples; 4], BenchError> {
+    const N: usize = 200;
+    let mut out: [Samples; 4] = Default::default();
+    let mut tx = pool.begin().await?;
+    let data = EventData::from_event(
+        &DealEvent::Configured {
+            fields: configured_fields(1, 2),
+        },
+        Metadata::default(),
+    )?;
+    for i in 0..N {
+        let stream = format!("deal-explain{i}");
+        for k in 0..2 {
+            let stream = format!("{stream}-{k}");
+            let plan: Value = if k == 0 {
+                sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {APPEND_SQL}"))
+                    .bind(&stream)
+                    .bind("exact")
+                    .bind(0i64)
+                    .bind(vec![uuid::Uuid::now_v7()])
+                    .bind(vec![data.event_type.clone()])
+                    .bind(vec![data.schema_version as i32])
+                    .bind(vec![data.payload.clone()])
+                    .bind(vec![data.metadata.to_json()])
+                    .fetch_one(&mut *tx)
+                    .await?
+            } else {
+                sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {RAW_INSERT}"))
+                    .bind(uuid::Uuid::now_v7())
+                    .bind(&stream)
+                    .bind(1i64)
+                    .bind(&data.event_type)
+                    .bind(data.schema_version as i32)
+                    .bind(&data.payload)
+                    .bind(data.metadata.to_json())
+                    .fetch_one(&mut *tx)
+                    .await?
+            };
+            let ms = |key: &str| plan[0][key].as_f64().unwrap_or(0.0);
+            out[k].push(Duration::from_secs_f64(ms("Execution Time") / 1000.0));
+            out[k + 2].push(Duration::from_secs_f64(ms("Planning Time") / 1000.0));
+        }
+    }
+    tx.rollback().await?;
+    Ok(out)
+}
+
+fn section(
+    args: &Args,
+    samples: &[Vec<Samples>],
+    cpu: &[Vec<Duration>],
+    hot: &[Hot; 2],
+    server: &[Samples; 4],
+    elapsed: Duration,
+) -> String {
     let names = [
         "repository, no cache",
         "repository `with_cache`",
@@ -321,6 +413,7 @@ fn section(args: &Args, samples: &[Vec<Samples>], hot: &[Hot; 2], elapsed: Durat
         ">p10 – p90",
         ">/ raw read + INSERT",
         ">/ raw INSERT",
+        ">client CPU per command",
     ]);
     let mut target = 0.0;
     for (w, &writers) in WRITERS.iter().enumerate() {
@@ -338,6 +431,11 @@ fn section(args: &Args, samples: &[Vec<Samples>], hot: &[Hot; 2], elapsed: Durat
                 rate_spread(commands, &samples[w][m]),
                 times(of(rates[2])),
                 times(of(rates[3])),
+                format!(
+                    "{:.0} µs",
+                    cpu[w][m].as_secs_f64() * 1e6
+                        / (commands * samples[w][m].len().max(1) as u64) as f64
+                ),
             ]);
         }
         if writers == 16 {
@@ -407,7 +505,20 @@ fn section(args: &Args, samples: &[Vec<Samples>], hot: &[Hot; 2], elapsed: Durat
          while the uncached path tracks raw read + INSERT. The last row is the cached \
          repository over a store built `without_notify()`: the gap to the row with NOTIFY is \
          the cost of waking workers. On the hot stream the cache cannot \
-         help: most appends find the cached version stale, conflict, and reload.\n",
+         help: most appends find the cached version stale, conflict, and reload.\n\
+         \n\
+         Where the gap to raw INSERT comes from (16 writers, 2 cores shared by client and \
+         server): the column *client CPU per command* is this process's user + system time per \
+         command (`/proc/self/stat`, 10 ms ticks summed over every measured command). On the \
+         server, the execution time of one single-event statement, measured with `EXPLAIN \
+         (ANALYZE)` {n} times each in a rolled-back transaction (medians, no commit), is \
+         {append_ms} for the store's append (version check by `max(stream_version)`, `unnest` \
+         of five arrays, `RETURNING`, the result row) against {insert_ms} for the raw INSERT \
+         (planning, which a prepared statement mostly skips: {append_plan} against \
+         {insert_plan}). With both committing the same way (one WAL flush per command) and \
+         client and server sharing two cores, the gap is that server work plus the client's: \
+         encoding the event and its size check, binding five arrays, decoding the result, and \
+         the command's clone, fold and cache update.\n",
         commands = args.commands,
         longest = args.commands + 1,
         shortest = args.commands / 16 + 1,
@@ -418,5 +529,10 @@ fn section(args: &Args, samples: &[Vec<Samples>], hot: &[Hot; 2], elapsed: Durat
         table = table.to_markdown(),
         hot = args.hot_commands,
         hot_table = hot_table.to_markdown(),
+        n = server[0].len(),
+        append_ms = ms(server[0].median()),
+        insert_ms = ms(server[1].median()),
+        append_plan = ms(server[2].median()),
+        insert_plan = ms(server[3].median()),
     )
 }
