@@ -647,7 +647,7 @@ pub async fn count_by_folding(
 }
 
 /// Completes when the live generation of `projection` has applied the whole log (no lag, no
-/// holes), polling [`es_projections::status`] every `poll`; `progress` sees (watermark, head)
+/// holes), polling [`es_projections::status()`] every `poll`; `progress` sees (watermark, head)
 /// after every poll. Fails when the projection stopped on an error. Use it as the shutdown
 /// future of [`es_projections::Worker::run`] to run a worker until it has caught up.
 pub async fn wait_caught_up(
