@@ -34,7 +34,10 @@ impl Notifier {
         let (wake, mut pending) = mpsc::channel::<()>(1);
         runtime.spawn(async move {
             while pending.recv().await.is_some() {
-                if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+                // A lost wake-up is harmless, so its commit need not wait for the WAL flush.
+                let notify =
+                    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
+                if let Err(error) = sqlx::query(notify)
                     .bind(NOTIFY_CHANNEL)
                     .execute(&pool)
                     .await

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use es_core::{EventStore, ExpectedVersion, Repository, RepositoryError, StreamId};
+use es_core::{EventStore, ExpectedVersion, Repository, RepositoryError, RetryPolicy, StreamId};
 use es_examples::bank::{
     Account, AccountCommand, AccountError, BalancesProjector, OwnersProjector,
 };
@@ -72,7 +72,12 @@ async fn main() -> Result<(), Error> {
 /// Conflicts and retries: 20 concurrent withdrawals from a balance that covers 10.
 async fn bank(pool: &PgPool) -> Result<(), Error> {
     let store = PgEventStore::new(pool.clone());
-    let accounts = Arc::new(Repository::<Account>::new(store.clone()));
+    // One hot stream, 20 racing writers: allow more attempts than the default policy.
+    let retry = RetryPolicy {
+        max_attempts: 50,
+        ..RetryPolicy::default()
+    };
+    let accounts = Arc::new(Repository::<Account>::new(store.clone()).with_retry(retry));
     println!("== Bank accounts: no overdraft under concurrent withdrawals");
     let id = StreamId::new(format!("account-{}", uuid::Uuid::new_v4().simple()))?;
     accounts
