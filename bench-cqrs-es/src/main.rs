@@ -47,10 +47,10 @@ struct Args {
     #[arg(long, default_value = "target/bench-cqrs-es.md")]
     out: PathBuf,
     /// Deals per run with several writers (and in the set that is loaded).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     deals: u64,
     /// Deals per run with one writer (each command waits for its own commit).
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 200)]
     single_writer_deals: u64,
     /// `Configure` commands per deal, after its `Create`.
     #[arg(long, default_value_t = 10)]
