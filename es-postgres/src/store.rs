@@ -25,6 +25,7 @@ use crate::notify::Notifier;
 use crate::row::recorded_event;
 
 const APPEND: &str = include_str!("sql/append.sql");
+const APPEND_EXACT: &str = include_str!("sql/append_exact.sql");
 const READ_STREAM: &str = include_str!("sql/read_stream.sql");
 const READ_ALL: &str = include_str!("sql/read_all.sql");
 const LOAD_SNAPSHOT: &str = include_str!("sql/load_snapshot.sql");
@@ -98,50 +99,93 @@ impl PgEventStore {
         expected: ExpectedVersion,
         columns: &Columns,
     ) -> Result<AppendResult, StoreError> {
-        let (kind, exact) = match expected {
-            ExpectedVersion::Any => ("any", 0),
-            ExpectedVersion::NoStream => ("no_stream", 0),
-            ExpectedVersion::StreamExists => ("stream_exists", 0),
-            ExpectedVersion::Exact(v) => ("exact", to_i64(v.0)),
+        let result = match expected {
+            ExpectedVersion::Exact(version) => {
+                self.append_exact(stream, to_i64(version.0), columns).await
+            }
+            ExpectedVersion::NoStream => self.append_exact(stream, 0, columns).await,
+            ExpectedVersion::Any | ExpectedVersion::StreamExists => {
+                self.append_checked(stream, expected, columns).await
+            }
         };
-        let result = sqlx::query(APPEND)
+        match result {
+            Ok(Some(appended)) => Ok(appended),
+            // Nothing inserted: the expectation did not hold. Say where the stream is.
+            Ok(None) => Err(StoreError::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual: self.stream_version(stream).await.ok().flatten(),
+            }),
+            Err(error) if is_stream_version_conflict(&error) => Err(StoreError::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual: self.stream_version(stream).await.ok().flatten(),
+            }),
+            Err(error) => Err(storage(format!("appending to stream {stream}"), error)),
+        }
+    }
+
+    /// The command path: the stream must be at `version` exactly (0: no events).
+    async fn append_exact(
+        &self,
+        stream: &StreamId,
+        version: i64,
+        columns: &Columns,
+    ) -> Result<Option<AppendResult>, sqlx::Error> {
+        let rows = sqlx::query(APPEND_EXACT)
+            .bind(stream.as_str())
+            .bind(version)
+            .bind(&columns.event_ids)
+            .bind(&columns.event_types)
+            .bind(&columns.schema_versions)
+            .bind(&columns.payloads)
+            .bind(&columns.metadata)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut last = None;
+        for row in &rows {
+            let version: i64 = row.try_get("stream_version")?;
+            let position: i64 = row.try_get("global_position")?;
+            if last.is_none_or(|(v, _)| version > v) {
+                last = Some((version, position));
+            }
+        }
+        Ok(last.map(|(version, position)| AppendResult {
+            stream_version: StreamVersion(version as u64),
+            global_position: GlobalPosition(position),
+        }))
+    }
+
+    /// `Any` and `StreamExists`: the statement reads the current version itself.
+    async fn append_checked(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        columns: &Columns,
+    ) -> Result<Option<AppendResult>, sqlx::Error> {
+        let kind = match expected {
+            ExpectedVersion::StreamExists => "stream_exists",
+            _ => "any",
+        };
+        let row = sqlx::query(APPEND)
             .bind(stream.as_str())
             .bind(kind)
-            .bind(exact)
+            .bind(0i64)
             .bind(&columns.event_ids)
             .bind(&columns.event_types)
             .bind(&columns.schema_versions)
             .bind(&columns.payloads)
             .bind(&columns.metadata)
             .fetch_one(&self.pool)
-            .await;
-        let row = match result {
-            Ok(row) => row,
-            Err(error) if is_stream_version_conflict(&error) => {
-                let actual = self.stream_version(stream).await.ok().flatten();
-                return Err(StoreError::Conflict {
-                    stream: stream.clone(),
-                    expected,
-                    actual,
-                });
-            }
-            Err(error) => return Err(storage(format!("appending to stream {stream}"), error)),
-        };
-        let get = |e| storage("decoding the append result", e);
-        let current: Option<i64> = row.try_get("current_version").map_err(get)?;
-        let last_version: Option<i64> = row.try_get("last_version").map_err(get)?;
-        let last_position: Option<i64> = row.try_get("last_position").map_err(get)?;
-        match (last_version, last_position) {
-            (Some(version), Some(position)) => Ok(AppendResult {
+            .await?;
+        let last_version: Option<i64> = row.try_get("last_version")?;
+        let last_position: Option<i64> = row.try_get("last_position")?;
+        Ok(last_version
+            .zip(last_position)
+            .map(|(version, position)| AppendResult {
                 stream_version: StreamVersion(version as u64),
                 global_position: GlobalPosition(position),
-            }),
-            _ => Err(StoreError::Conflict {
-                stream: stream.clone(),
-                expected,
-                actual: current.map(|v| StreamVersion(v as u64)),
-            }),
-        }
+            }))
     }
 }
 

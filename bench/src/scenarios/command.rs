@@ -337,8 +337,9 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// The append statement of `PgEventStore` (read from es-postgres' sources).
-const APPEND_SQL: &str = include_str!("../../../es-postgres/src/sql/append.sql");
+/// The statement `PgEventStore` appends with when the expected version is exact (the command
+/// path), read from es-postgres' sources.
+const APPEND_SQL: &str = include_str!("../../../es-postgres/src/sql/append_exact.sql");
 
 /// Server-side planning + execution time of one single-event append (the store's statement,
 /// exact expected version) and of the raw single-row INSERT, each run `N` times alternately
@@ -361,7 +362,6 @@ async fn server_times(pool: &PgPool) -> Result<[Samples; 4], BenchError> {
             let plan: Value = if k == 0 {
                 sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {APPEND_SQL}"))
                     .bind(&stream)
-                    .bind("exact")
                     .bind(0i64)
                     .bind(vec![uuid::Uuid::now_v7()])
                     .bind(vec![data.event_type.clone()])
@@ -512,8 +512,8 @@ fn section(
          command (`/proc/self/stat`, 10 ms ticks summed over every measured command). On the \
          server, the execution time of one single-event statement, measured with `EXPLAIN \
          (ANALYZE)` {n} times each in a rolled-back transaction (medians, no commit), is \
-         {append_ms} for the store's append (version check by `max(stream_version)`, `unnest` \
-         of five arrays, `RETURNING`, the result row) against {insert_ms} for the raw INSERT \
+         {append_ms} for the store's append (`append_exact.sql`: the version check as an index \
+         probe for the expected version, `unnest` of five arrays, `RETURNING`) against {insert_ms} for the raw INSERT \
          (planning, which a prepared statement mostly skips: {append_plan} against \
          {insert_plan}). With both committing the same way (one WAL flush per command) and \
          client and server sharing two cores, the gap is that server work plus the client's: \
