@@ -269,7 +269,7 @@ async fn killed_workers_resume_from_their_checkpoint() {
         })
     };
     let mut kills = 0;
-    while !writing.is_finished() {
+    while !writing.is_finished() || kills < 10 {
         // Same owner: the restarted worker takes its own lease back at once.
         let (_stop, handle) = spawn_worker(worker(&db, "killed"));
         let pause = rand::thread_rng().gen_range(5..60);
