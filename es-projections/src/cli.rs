@@ -1,5 +1,9 @@
 //! The command line of worker binaries: `run`, `status`, `rebuild`.
 //!
+//! This module is the binaries' front end, so unlike the rest of the library it prints for
+//! humans (the status table, a progress bar, the rebuild summary, errors); logs still go through
+//! `tracing` to stderr.
+//!
 //! A worker binary is a `main` that registers its projections and hands over to [`main`]:
 //!
 //! ```no_run
