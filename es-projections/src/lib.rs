@@ -45,6 +45,7 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod projector;
+pub mod read_ahead;
 pub mod rebuild;
 pub mod status;
 pub mod views;

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use es_postgres::{read_batch, LogCursor};
+use es_postgres::{read_batch, LogBatch, LogCursor};
 use sqlx::{PgConnection, Row};
 use tracing::info;
 
@@ -23,6 +23,7 @@ use crate::checkpoint::{self, Lease};
 use crate::engine::{DynProjector, ErrorPolicy};
 use crate::error::ProjectionError;
 use crate::projector::Tables;
+use crate::read_ahead::ReadAhead;
 use crate::views;
 use crate::worker::{default_owner, Worker};
 
@@ -106,22 +107,13 @@ pub async fn rebuild(
     let mut cursor = lease.cursor.clone();
     let mut applied = 0u64;
     let mut head = head_position(pool).await?;
-    loop {
+    // The next batch is read while this one is applied (see `read_ahead`).
+    let mut batches = ReadAhead::start(pool.clone(), cursor.clone(), options.batch_size);
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
         let mut tx = pool.begin().await?;
-        let (next, n) = apply_one_batch(
-            &mut tx,
-            worker,
-            projector.as_ref(),
-            &tables,
-            &lease,
-            &cursor,
-            options.batch_size,
-        )
-        .await?;
-        let Some(next) = next else {
-            tx.rollback().await?;
-            break;
-        };
+        let next = batch.next.clone();
+        let n = store_batch(&mut tx, worker, projector.as_ref(), &tables, &lease, batch).await?;
         tx.commit().await?;
         cursor = next;
         applied += n as u64;
@@ -134,6 +126,7 @@ pub async fn rebuild(
             applied,
         });
     }
+    drop(batches);
     let generation = if options.shadow {
         applied += switch(
             worker,
@@ -174,6 +167,20 @@ async fn apply_one_batch(
     if batch.is_idle(cursor) {
         return Ok((None, 0));
     }
+    let next = batch.next.clone();
+    let applied = store_batch(tx, worker, projector, tables, lease, batch).await?;
+    Ok((Some(next), applied))
+}
+
+/// Applies `batch` in `tx` and saves the cursor after it; returns the events applied.
+async fn store_batch(
+    tx: &mut PgConnection,
+    worker: &Worker,
+    projector: &dyn DynProjector,
+    tables: &Tables,
+    lease: &Lease,
+    batch: LogBatch,
+) -> Result<usize, ProjectionError> {
     let last_event_at = batch.events.iter().map(|e| e.recorded_at).max();
     let outcome = projector
         .apply_batch(
@@ -199,7 +206,7 @@ async fn apply_one_batch(
             owner: "another process (the rebuild was fenced out)".into(),
         });
     }
-    Ok((Some(batch.next), outcome.applied))
+    Ok(outcome.applied)
 }
 
 async fn head_position(pool: &sqlx::PgPool) -> Result<i64, ProjectionError> {
