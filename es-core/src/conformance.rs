@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::error::StoreError;
-use crate::event::{EventData, Metadata};
+use crate::event::{EventData, Metadata, RecordedEvent};
 use crate::store::EventStore;
 use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 
@@ -152,7 +152,13 @@ pub async fn expected_versions_are_enforced<S: EventStore>(store: S) {
         .await
         .expect("read");
     assert_eq!(read.len(), 4, "conflicting appends must write nothing");
-    assert!(read.iter().all(|e| e.payload["tag"] != "bad"));
+    assert!(read.iter().all(|e| tag(e) != "bad"));
+}
+
+/// The `tag` field of a test event's payload.
+fn tag(event: &RecordedEvent) -> serde_json::Value {
+    let payload = event.payload.to_value().expect("stored payloads are JSON");
+    payload["tag"].clone()
 }
 
 /// `after` is exclusive and `up_to` inclusive.
@@ -350,7 +356,7 @@ pub async fn concurrent_writers_on_distinct_streams<S: EventStore>(
             .expect("read");
         let versions: Vec<u64> = read.iter().map(|e| e.stream_version.0).collect();
         assert_eq!(versions, (1..=appends as u64).collect::<Vec<_>>());
-        let tags: Vec<String> = read.iter().map(|e| e.payload["tag"].to_string()).collect();
+        let tags: Vec<String> = read.iter().map(|e| tag(e).to_string()).collect();
         let expected: Vec<String> = (0..appends)
             .map(|i| json!(format!("{w}-{i}")).to_string())
             .collect();

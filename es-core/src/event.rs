@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::error::EncodeError;
+use crate::payload::Payload;
 use crate::stream::{GlobalPosition, StreamId, StreamVersion};
 
 /// An application's event enum.
@@ -80,14 +81,7 @@ pub trait DomainEvent:
 
     /// Builds the event from its type name and a payload already upcast to the current version.
     fn decode(event_type: &str, payload: Value) -> Result<Self, serde_json::Error> {
-        let tagged = if payload.is_null() {
-            Value::String(event_type.to_string())
-        } else {
-            let mut map = Map::with_capacity(1);
-            map.insert(event_type.to_string(), payload);
-            Value::Object(map)
-        };
-        serde_json::from_value(tagged)
+        crate::payload::decode_tagged(event_type, payload)
     }
 }
 
@@ -103,8 +97,10 @@ fn describe(value: &Value) -> String {
 }
 
 /// Who and what caused an event, stored beside it. Serialised as one JSON object: the named
-/// fields plus free-form `headers`.
+/// fields plus free-form `headers`. Any other key is refused ([`Metadata::from_json`]) or, in a
+/// stored row written by another tool, kept by moving the whole object into `headers`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// Ties together every event caused by one user request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,7 +125,8 @@ impl Metadata {
         }
     }
 
-    /// Parses metadata that arrived as JSON (e.g. from a message header). It must be an object.
+    /// Parses metadata that arrived as JSON (e.g. from a message header). It must be an object
+    /// of the named fields and `headers`; an unknown key is an error rather than silently lost.
     pub fn from_json(value: Value) -> Result<Self, EncodeError> {
         if !value.is_object() {
             return Err(EncodeError::InvalidMetadata {
@@ -229,8 +226,8 @@ pub struct RecordedEvent {
     pub event_type: String,
     /// The schema version of `payload` (after upcasting: the current one).
     pub schema_version: u32,
-    /// The payload.
-    pub payload: Value,
+    /// The payload: the JSON text read from the store, or a value (see [`Payload`]).
+    pub payload: Payload,
     /// Who and what caused it.
     pub metadata: Metadata,
     /// When the store recorded it.
@@ -274,6 +271,7 @@ mod tests {
     fn metadata_must_be_an_object() {
         assert!(Metadata::from_json(serde_json::json!([1])).is_err());
         assert!(Metadata::from_json(serde_json::json!({"correlation_id": 5})).is_err());
+        assert!(Metadata::from_json(serde_json::json!({"tenant": "t1"})).is_err());
         let m =
             Metadata::from_json(serde_json::json!({"actor": "ann", "headers": {"t": 1}})).unwrap();
         assert_eq!(m.actor.as_deref(), Some("ann"));

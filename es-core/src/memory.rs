@@ -88,7 +88,7 @@ impl EventStore for InMemoryStore {
                 global_position: position,
                 event_type: event.event_type,
                 schema_version: event.schema_version,
-                payload: event.payload,
+                payload: event.payload.into(),
                 metadata: event.metadata,
                 recorded_at,
             });

@@ -293,8 +293,20 @@ impl Upcasters {
             let key = (event.event_type, event.schema_version);
             match self.steps.get(&key) {
                 Some(step) => {
-                    let payload = std::mem::take(&mut event.payload);
-                    event.payload = (step.function)(payload).map_err(|message| {
+                    let payload = match std::mem::take(&mut event.payload).into_value() {
+                        Ok(payload) => payload,
+                        Err(source) => {
+                            return Err(DecodeError::MalformedPayload {
+                                stream: event.stream_id,
+                                stream_version: event.stream_version,
+                                position: event.global_position,
+                                event_type: key.0,
+                                schema_version: key.1,
+                                source,
+                            })
+                        }
+                    };
+                    let upcast = (step.function)(payload).map_err(|message| {
                         DecodeError::UpcasterFailed {
                             stream: event.stream_id.clone(),
                             stream_version: event.stream_version,
@@ -304,6 +316,7 @@ impl Upcasters {
                             message,
                         }
                     })?;
+                    event.payload = upcast.into();
                     event.event_type = step.to_type.clone();
                     event.schema_version = key.1 + 1;
                 }
@@ -369,7 +382,7 @@ impl Upcasters {
 
 /// Decodes an event already at the current version of a type `E` defines.
 fn decode_current<E: DomainEvent>(event: RecordedEvent) -> Result<EventEnvelope<E>, DecodeError> {
-    match E::decode(&event.event_type, event.payload) {
+    match event.payload.decode::<E>(&event.event_type) {
         Ok(decoded) => Ok(EventEnvelope {
             event: decoded,
             event_id: event.event_id,
@@ -415,7 +428,8 @@ mod tests {
             global_position: GlobalPosition(7),
             event_type: event_type.into(),
             schema_version: version,
-            payload,
+            // As a store hands it over: unparsed text.
+            payload: crate::Payload::from_json_text(payload.to_string()),
             metadata: Metadata::default(),
             recorded_at: chrono::Utc::now(),
         }

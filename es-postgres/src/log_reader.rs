@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row};
 
 use crate::error::storage;
-use crate::row::recorded_event;
+use crate::row::recorded_event_at;
 
 const READ_LOG: &str = include_str!("sql/read_log.sql");
 
@@ -119,12 +119,13 @@ pub async fn read_batch(
     let mut fresh = Vec::new();
     for row in &rows {
         horizon = Horizon {
-            xmin: row.try_get("xmin").map_err(get)?,
-            xmax: row.try_get("xmax").map_err(get)?,
+            xmin: row.try_get(0).map_err(get)?,
+            xmax: row.try_get(1).map_err(get)?,
         };
-        let position: Option<i64> = row.try_get("global_position").map_err(get)?;
+        // A NULL position is the horizon row of an empty batch (the LEFT JOIN found nothing).
+        let position: Option<i64> = row.try_get(2).map_err(get)?;
         let Some(position) = position else { continue };
-        let event = recorded_event(row)?;
+        let event = recorded_event_at(row, 2)?;
         if position > cursor.watermark.0 {
             fresh.push(event);
         } else {
@@ -210,7 +211,7 @@ mod tests {
             global_position: GlobalPosition(position),
             event_type: "T".into(),
             schema_version: 1,
-            payload: serde_json::Value::Null,
+            payload: es_core::Payload::default(),
             metadata: Metadata::default(),
             recorded_at: chrono::Utc::now(),
         }

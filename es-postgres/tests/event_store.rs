@@ -275,3 +275,43 @@ async fn the_transaction_id_column_precedes_the_position_column() {
     assert_eq!(order[0].1.as_deref(), Some("pg_current_xact_id()"));
     assert_eq!(order[1].0, "global_position");
 }
+
+#[tokio::test]
+async fn metadata_written_by_another_tool_is_read_back_whole() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let s = stream("imported-1");
+    // Rows another tool wrote with plain SQL (the table only insists on an object): keys our
+    // Metadata does not name, a field of the wrong type, and the empty object most rows carry.
+    for (version, metadata) in [
+        (1, json!({"tenant": "t1", "actor": "importer"})),
+        (2, json!({"actor": 7})),
+        (3, json!({})),
+        (4, json!({"actor": "ann", "headers": {"trace": "x"}})),
+    ] {
+        sqlx::query(
+            "INSERT INTO es_events (event_id, stream_id, stream_version, event_type,
+                 schema_version, payload, metadata)
+             VALUES (gen_random_uuid(), $1, $2, 'Imported', 1, '{}', $3)",
+        )
+        .bind(s.as_str())
+        .bind(version)
+        .bind(&metadata)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let read = store.read_stream(&s, StreamVersion(0), None).await.unwrap();
+    let headers: Vec<_> = read.iter().map(|e| json!(e.metadata.headers)).collect();
+    assert_eq!(
+        headers,
+        vec![
+            json!({"tenant": "t1", "actor": "importer"}),
+            json!({"actor": 7}),
+            json!({}),
+            json!({"trace": "x"}),
+        ]
+    );
+    assert_eq!(read[3].metadata.actor.as_deref(), Some("ann"));
+    assert_eq!(read[0].metadata.actor, None);
+}

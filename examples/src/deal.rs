@@ -771,7 +771,7 @@ mod tests {
             global_position: es_core::GlobalPosition(2),
             event_type: "Configured".into(),
             schema_version: 1,
-            payload: configured_v1_payload("gasConsumption", &json!(123)),
+            payload: configured_v1_payload("gasConsumption", &json!(123)).into(),
             metadata: Metadata::default(),
             recorded_at: chrono::Utc::now(),
         };
