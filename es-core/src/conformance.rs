@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::error::StoreError;
-use crate::event::{EventData, Metadata, RecordedEvent};
+use crate::event::{EventData, FoldEvent, Metadata, RecordedEvent};
 use crate::store::EventStore;
 use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 
@@ -189,6 +189,17 @@ pub async fn read_stream_ranges<S: EventStore>(store: S) {
         .await
         .expect("read");
     assert!(past.is_empty());
+    // The read for folding gives the same events, range for range.
+    for (after, up_to) in [(0, None), (3, Some(6)), (8, None), (10, None), (0, Some(0))] {
+        let (after, up_to) = (StreamVersion(after), up_to.map(StreamVersion));
+        let full = store.read_stream(&s, after, up_to).await.expect("read");
+        let fold = store
+            .read_stream_for_fold(&s, after, up_to)
+            .await
+            .expect("read for fold");
+        let expected: Vec<FoldEvent> = full.into_iter().map(FoldEvent::from).collect();
+        assert_eq!(fold, expected, "after {after:?}, up to {up_to:?}");
+    }
 }
 
 /// The global log reads every event once, in position order, in batches.

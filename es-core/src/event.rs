@@ -234,6 +234,35 @@ pub struct RecordedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// A stored event as replaying its stream into an aggregate needs it: what to decode, and where
+/// it sits (for errors). Lighter to read than a [`RecordedEvent`]: no id, metadata or time
+/// (see [`EventStore::read_stream_for_fold`](crate::EventStore::read_stream_for_fold)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FoldEvent {
+    /// Its version within the stream.
+    pub stream_version: StreamVersion,
+    /// Its position in the global log.
+    pub global_position: GlobalPosition,
+    /// The stored event type name.
+    pub event_type: String,
+    /// The stored schema version.
+    pub schema_version: u32,
+    /// The payload.
+    pub payload: Payload,
+}
+
+impl From<RecordedEvent> for FoldEvent {
+    fn from(event: RecordedEvent) -> Self {
+        Self {
+            stream_version: event.stream_version,
+            global_position: event.global_position,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            payload: event.payload,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,7 +79,7 @@ pub mod testing;
 
 pub use aggregate::Aggregate;
 pub use error::{BoxError, DecodeError, EncodeError, InvalidStreamId, RepositoryError, StoreError};
-pub use event::{DomainEvent, EventData, Metadata, RecordedEvent};
+pub use event::{DomainEvent, EventData, FoldEvent, Metadata, RecordedEvent};
 pub use memory::InMemoryStore;
 pub use payload::Payload;
 pub use repository::{CommandOutcome, Loaded, Repository, RetryPolicy};

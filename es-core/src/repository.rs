@@ -272,12 +272,13 @@ impl<A: Aggregate> Repository<A> {
         }
         let events = self
             .store
-            .read_stream(stream, loaded.version, up_to)
+            .read_stream_for_fold(stream, loaded.version, up_to)
             .await?;
-        for recorded in events {
-            let envelope = self.upcasters.decode_required::<A::Event>(recorded)?;
-            loaded.state.apply(&envelope.event);
-            loaded.version = envelope.stream_version;
+        for stored in events {
+            let version = stored.stream_version;
+            let event = self.upcasters.decode_fold::<A::Event>(stream, stored)?;
+            loaded.state.apply(&event);
+            loaded.version = version;
             loaded.events_replayed += 1;
         }
         Ok(loaded)

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use crate::error::StoreError;
-use crate::event::{EventData, RecordedEvent};
+use crate::event::{EventData, FoldEvent, RecordedEvent};
 use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 
 /// The longest event type name accepted, in bytes.
@@ -96,6 +96,19 @@ pub trait EventStore: Send + Sync + 'static {
         after: StreamVersion,
         up_to: Option<StreamVersion>,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Reads the same events as [`EventStore::read_stream`], with only what folding them into
+    /// an aggregate needs ([`FoldEvent`]). Repositories load through it; a store overrides it to
+    /// read less than the whole envelope.
+    async fn read_stream_for_fold(
+        &self,
+        stream: &StreamId,
+        after: StreamVersion,
+        up_to: Option<StreamVersion>,
+    ) -> Result<Vec<FoldEvent>, StoreError> {
+        let events = self.read_stream(stream, after, up_to).await?;
+        Ok(events.into_iter().map(FoldEvent::from).collect())
+    }
 
     /// Reads up to `limit` committed events of the whole log with positions above `after`, in
     /// position order. This is a plain positional read, right for batch jobs over a quiet log;

@@ -33,7 +33,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::error::DecodeError;
-use crate::event::{DomainEvent, RecordedEvent};
+use crate::event::{DomainEvent, FoldEvent, RecordedEvent};
+use crate::payload::Payload;
 use crate::stream::{GlobalPosition, StreamId, StreamVersion};
 
 /// The function of one upcaster step: the stored payload at version N in, version N+1 out.
@@ -288,62 +289,26 @@ impl Upcasters {
     }
 
     /// Brings a stored event to the current version of its (possibly renamed) type.
-    pub fn upcast(&self, mut event: RecordedEvent) -> Result<RecordedEvent, DecodeError> {
-        loop {
-            let key = (event.event_type, event.schema_version);
-            match self.steps.get(&key) {
-                Some(step) => {
-                    let payload = match std::mem::take(&mut event.payload).into_value() {
-                        Ok(payload) => payload,
-                        Err(source) => {
-                            return Err(DecodeError::MalformedPayload {
-                                stream: event.stream_id,
-                                stream_version: event.stream_version,
-                                position: event.global_position,
-                                event_type: key.0,
-                                schema_version: key.1,
-                                source,
-                            })
-                        }
-                    };
-                    let upcast = (step.function)(payload).map_err(|message| {
-                        DecodeError::UpcasterFailed {
-                            stream: event.stream_id.clone(),
-                            stream_version: event.stream_version,
-                            position: event.global_position,
-                            event_type: key.0.clone(),
-                            schema_version: key.1,
-                            message,
-                        }
-                    })?;
-                    event.payload = upcast.into();
-                    event.event_type = step.to_type.clone();
-                    event.schema_version = key.1 + 1;
-                }
-                None => {
-                    (event.event_type, event.schema_version) = key;
-                    break;
-                }
-            }
-        }
-        match self.current.get(&event.event_type) {
-            None => Err(DecodeError::UnknownEventType {
-                stream: event.stream_id,
-                stream_version: event.stream_version,
-                position: event.global_position,
+    pub fn upcast(&self, event: RecordedEvent) -> Result<RecordedEvent, DecodeError> {
+        let at = At::of(
+            &event.stream_id,
+            event.stream_version,
+            event.global_position,
+        );
+        let shape = self.upcast_shape(
+            &at,
+            Shape {
                 event_type: event.event_type,
                 schema_version: event.schema_version,
-            }),
-            Some(&current) if current != event.schema_version => Err(DecodeError::NoUpcastPath {
-                stream: event.stream_id,
-                stream_version: event.stream_version,
-                position: event.global_position,
-                event_type: event.event_type,
-                schema_version: event.schema_version,
-                current_version: current,
-            }),
-            Some(_) => Ok(event),
-        }
+                payload: event.payload,
+            },
+        )?;
+        Ok(RecordedEvent {
+            event_type: shape.event_type,
+            schema_version: shape.schema_version,
+            payload: shape.payload,
+            ..event
+        })
     }
 
     /// Upcasts a stored event and decodes it as `E`. Returns `Ok(None)` for a registered type
@@ -368,15 +333,132 @@ impl Upcasters {
     ) -> Result<EventEnvelope<E>, DecodeError> {
         let event = self.upcast(event)?;
         if !E::handles(&event.event_type) {
-            return Err(DecodeError::UnknownEventType {
-                stream: event.stream_id,
-                stream_version: event.stream_version,
-                position: event.global_position,
-                event_type: event.event_type,
-                schema_version: event.schema_version,
-            });
+            return Err(unknown(
+                &At::of(
+                    &event.stream_id,
+                    event.stream_version,
+                    event.global_position,
+                ),
+                event.event_type,
+                event.schema_version,
+            ));
         }
         decode_current(event)
+    }
+
+    /// [`Upcasters::decode_required`] for an event of `stream` read for folding: just the event.
+    pub fn decode_fold<E: DomainEvent>(
+        &self,
+        stream: &StreamId,
+        event: FoldEvent,
+    ) -> Result<E, DecodeError> {
+        let at = At::of(stream, event.stream_version, event.global_position);
+        let shape = self.upcast_shape(
+            &at,
+            Shape {
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload: event.payload,
+            },
+        )?;
+        if !E::handles(&shape.event_type) {
+            return Err(unknown(&at, shape.event_type, shape.schema_version));
+        }
+        match shape.payload.decode::<E>(&shape.event_type) {
+            Ok(decoded) => Ok(decoded),
+            Err(source) => Err(at.malformed(shape.event_type, shape.schema_version, source)),
+        }
+    }
+
+    /// Runs the steps from the stored shape to the current one, and checks that it is current.
+    fn upcast_shape(&self, at: &At<'_>, mut shape: Shape) -> Result<Shape, DecodeError> {
+        loop {
+            let key = (shape.event_type, shape.schema_version);
+            let Some(step) = self.steps.get(&key) else {
+                (shape.event_type, shape.schema_version) = key;
+                break;
+            };
+            let payload = match std::mem::take(&mut shape.payload).into_value() {
+                Ok(payload) => payload,
+                Err(source) => return Err(at.malformed(key.0, key.1, source)),
+            };
+            let upcast =
+                (step.function)(payload).map_err(|message| DecodeError::UpcasterFailed {
+                    stream: at.stream.clone(),
+                    stream_version: at.stream_version,
+                    position: at.position,
+                    event_type: key.0.clone(),
+                    schema_version: key.1,
+                    message,
+                })?;
+            shape = Shape {
+                event_type: step.to_type.clone(),
+                schema_version: key.1 + 1,
+                payload: upcast.into(),
+            };
+        }
+        match self.current.get(&shape.event_type) {
+            None => Err(unknown(at, shape.event_type, shape.schema_version)),
+            Some(&current) if current != shape.schema_version => Err(DecodeError::NoUpcastPath {
+                stream: at.stream.clone(),
+                stream_version: at.stream_version,
+                position: at.position,
+                event_type: shape.event_type,
+                schema_version: shape.schema_version,
+                current_version: current,
+            }),
+            Some(_) => Ok(shape),
+        }
+    }
+}
+
+/// What upcasting rewrites.
+struct Shape {
+    event_type: String,
+    schema_version: u32,
+    payload: Payload,
+}
+
+/// Where a stored event sits, for the errors that name it.
+struct At<'a> {
+    stream: &'a StreamId,
+    stream_version: StreamVersion,
+    position: GlobalPosition,
+}
+
+impl<'a> At<'a> {
+    fn of(stream: &'a StreamId, stream_version: StreamVersion, position: GlobalPosition) -> Self {
+        Self {
+            stream,
+            stream_version,
+            position,
+        }
+    }
+
+    fn malformed(
+        &self,
+        event_type: String,
+        schema_version: u32,
+        source: serde_json::Error,
+    ) -> DecodeError {
+        DecodeError::MalformedPayload {
+            stream: self.stream.clone(),
+            stream_version: self.stream_version,
+            position: self.position,
+            event_type,
+            schema_version,
+            source,
+        }
+    }
+}
+
+fn unknown(at: &At<'_>, event_type: String, schema_version: u32) -> DecodeError {
+    DecodeError::UnknownEventType {
+        stream: at.stream.clone(),
+        stream_version: at.stream_version,
+        position: at.position,
+        event_type,
+        schema_version,
     }
 }
 
@@ -393,14 +475,12 @@ fn decode_current<E: DomainEvent>(event: RecordedEvent) -> Result<EventEnvelope<
             metadata: event.metadata,
             recorded_at: event.recorded_at,
         }),
-        Err(source) => Err(DecodeError::MalformedPayload {
-            stream: event.stream_id,
-            stream_version: event.stream_version,
-            position: event.global_position,
-            event_type: event.event_type,
-            schema_version: event.schema_version,
-            source,
-        }),
+        Err(source) => Err(At::of(
+            &event.stream_id,
+            event.stream_version,
+            event.global_position,
+        )
+        .malformed(event.event_type, event.schema_version, source)),
     }
 }
 
@@ -505,6 +585,32 @@ mod tests {
             nowhere,
             Err(UpcasterChainError::UnknownTarget { .. })
         ));
+    }
+
+    #[test]
+    fn decoding_for_a_fold_agrees_with_decoding_the_whole_envelope() {
+        let up = full().build().unwrap();
+        let cases = [
+            stored("GasSet", 1, json!({"value": 5})),
+            stored("Configured", 2, json!({"gas": 5})),
+            stored("Configured", 3, json!({"gas": 5, "unit": "kWh"})),
+            stored("Closed", 1, json!(null)),
+            stored("Mystery", 1, json!({})),
+            stored("Configured", 9, json!({})),
+            stored("Configured", 3, json!({"gas": "x"})),
+        ];
+        for event in cases {
+            let stream = event.stream_id.clone();
+            let whole = up
+                .decode_required::<E>(event.clone())
+                .map(|envelope| envelope.event);
+            let fold = up.decode_fold::<E>(&stream, FoldEvent::from(event));
+            assert_eq!(
+                format!("{fold:?}"),
+                format!("{whole:?}"),
+                "the same event, or the same error naming the same place"
+            );
+        }
     }
 
     #[test]

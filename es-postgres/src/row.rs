@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use es_core::{
-    GlobalPosition, Metadata, Payload, RecordedEvent, StoreError, StreamId, StreamVersion,
+    FoldEvent, GlobalPosition, Metadata, Payload, RecordedEvent, StoreError, StreamId, StreamVersion,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgRow, PgValueFormat, PgValueRef};
@@ -42,6 +42,21 @@ pub fn recorded_event_at(row: &PgRow, first: usize) -> Result<RecordedEvent, Sto
         payload: payload(row, first + 6)?,
         metadata: metadata(row, first + 7)?,
         recorded_at: row.try_get::<DateTime<Utc>, _>(first + 8).map_err(get)?,
+    })
+}
+
+/// Decodes a row of `sql/read_stream_for_fold.sql`: `global_position, stream_version,
+/// event_type, schema_version, payload`.
+pub fn fold_event(row: &PgRow) -> Result<FoldEvent, StoreError> {
+    let get = |e| storage("decoding an es_events row", e);
+    let stream_version: i64 = row.try_get(1).map_err(get)?;
+    let schema_version: i32 = row.try_get(3).map_err(get)?;
+    Ok(FoldEvent {
+        global_position: GlobalPosition(row.try_get(0).map_err(get)?),
+        stream_version: StreamVersion(stream_version.max(0) as u64),
+        event_type: row.try_get(2).map_err(get)?,
+        schema_version: schema_version.max(0) as u32,
+        payload: payload(row, 4)?,
     })
 }
 

@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use es_core::{
-    AppendResult, EventData, EventStore, ExpectedVersion, GlobalPosition, RecordedEvent, Snapshot,
-    SnapshotStore, StoreError, StoreLimits, StreamId, StreamVersion,
+    AppendResult, EventData, EventStore, ExpectedVersion, FoldEvent, GlobalPosition, RecordedEvent,
+    Snapshot, SnapshotStore, StoreError, StoreLimits, StreamId, StreamVersion,
 };
 use serde_json::Value;
 use sqlx::{PgPool, Row};
@@ -22,11 +22,12 @@ use uuid::Uuid;
 
 use crate::error::{is_stream_version_conflict, storage};
 use crate::notify::Notifier;
-use crate::row::recorded_event;
+use crate::row::{fold_event, recorded_event};
 
 const APPEND: &str = include_str!("sql/append.sql");
 const APPEND_EXACT: &str = include_str!("sql/append_exact.sql");
 const READ_STREAM: &str = include_str!("sql/read_stream.sql");
+const READ_STREAM_FOR_FOLD: &str = include_str!("sql/read_stream_for_fold.sql");
 const READ_ALL: &str = include_str!("sql/read_all.sql");
 const LOAD_SNAPSHOT: &str = include_str!("sql/load_snapshot.sql");
 const SAVE_SNAPSHOT: &str = include_str!("sql/save_snapshot.sql");
@@ -276,6 +277,22 @@ impl EventStore for PgEventStore {
             .await
             .map_err(|e| storage(format!("reading stream {stream}"), e))?;
         rows.iter().map(recorded_event).collect()
+    }
+
+    async fn read_stream_for_fold(
+        &self,
+        stream: &StreamId,
+        after: StreamVersion,
+        up_to: Option<StreamVersion>,
+    ) -> Result<Vec<FoldEvent>, StoreError> {
+        let rows = sqlx::query(READ_STREAM_FOR_FOLD)
+            .bind(stream.as_str())
+            .bind(to_i64(after.0))
+            .bind(up_to.map_or(i64::MAX, |v| to_i64(v.0)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| storage(format!("reading stream {stream}"), e))?;
+        rows.iter().map(fold_event).collect()
     }
 
     async fn read_all(
