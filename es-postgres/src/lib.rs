@@ -29,6 +29,7 @@
 //! database per test).
 
 pub mod error;
+pub mod group_commit;
 pub mod log_reader;
 pub mod notify;
 mod row;
@@ -37,6 +38,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use group_commit::GroupCommit;
 pub use log_reader::{read_batch, Hole, Horizon, LogBatch, LogCursor};
 pub use notify::NOTIFY_CHANNEL;
 pub use store::PgEventStore;

@@ -21,6 +21,7 @@ use tracing::{debug, trace};
 use uuid::Uuid;
 
 use crate::error::{is_stream_version_conflict, storage};
+use crate::group_commit::{GroupCommit, GroupCommitter, Reply};
 use crate::notify::Notifier;
 use crate::row::{fold_event, recorded_event};
 
@@ -43,6 +44,8 @@ pub struct PgEventStore {
     limits: StoreLimits,
     notify: bool,
     notifier: Arc<OnceLock<Option<Notifier>>>,
+    group_commit: Option<GroupCommit>,
+    committer: Arc<OnceLock<Option<GroupCommitter>>>,
 }
 
 impl std::fmt::Debug for PgEventStore {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for PgEventStore {
         f.debug_struct("PgEventStore")
             .field("limits", &self.limits)
             .field("notify", &self.notify)
+            .field("group_commit", &self.group_commit)
             .finish_non_exhaustive()
     }
 }
@@ -62,7 +66,18 @@ impl PgEventStore {
             limits: StoreLimits::default(),
             notify: true,
             notifier: Arc::new(OnceLock::new()),
+            group_commit: None,
+            committer: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Groups concurrent appends at an exact expected version into shared transactions (see
+    /// [`crate::group_commit`]): more appends per second when many writers are bound by
+    /// commits, the same answers for each writer. Clones share the committers.
+    pub fn with_group_commit(mut self, settings: GroupCommit) -> Self {
+        self.group_commit = Some(settings);
+        self.committer = Arc::new(OnceLock::new());
+        self
     }
 
     /// Enforces these limits on appends.
@@ -102,13 +117,23 @@ impl PgEventStore {
     ) -> Result<AppendResult, StoreError> {
         let result = match expected {
             ExpectedVersion::Exact(version) => {
-                self.append_exact(stream, to_i64(version.0), columns).await
+                append_exact(&self.pool, stream, to_i64(version.0), columns).await
             }
-            ExpectedVersion::NoStream => self.append_exact(stream, 0, columns).await,
+            ExpectedVersion::NoStream => append_exact(&self.pool, stream, 0, columns).await,
             ExpectedVersion::Any | ExpectedVersion::StreamExists => {
                 self.append_checked(stream, expected, columns).await
             }
         };
+        self.settle(stream, expected, result).await
+    }
+
+    /// An append's statement result as the caller's answer.
+    async fn settle(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        result: Result<Option<AppendResult>, sqlx::Error>,
+    ) -> Result<AppendResult, StoreError> {
         match result {
             Ok(Some(appended)) => Ok(appended),
             // Nothing inserted: the expectation did not hold. Say where the stream is.
@@ -126,35 +151,31 @@ impl PgEventStore {
         }
     }
 
-    /// The command path: the stream must be at `version` exactly (0: no events).
-    async fn append_exact(
+    /// The committer, if this store groups appends and a runtime is there to run it.
+    fn committer(&self) -> Option<&GroupCommitter> {
+        let settings = self.group_commit?;
+        self.committer
+            .get_or_init(|| GroupCommitter::start(self.pool.clone(), settings))
+            .as_ref()
+    }
+
+    /// An append at an exact version (0: no stream), in a group.
+    async fn append_grouped(
         &self,
+        committer: &GroupCommitter,
         stream: &StreamId,
+        expected: ExpectedVersion,
         version: i64,
-        columns: &Columns,
-    ) -> Result<Option<AppendResult>, sqlx::Error> {
-        let rows = sqlx::query(APPEND_EXACT)
-            .bind(stream.as_str())
-            .bind(version)
-            .bind(&columns.event_ids)
-            .bind(&columns.event_types)
-            .bind(&columns.schema_versions)
-            .bind(&columns.payloads)
-            .bind(&columns.metadata)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut last = None;
-        for row in &rows {
-            let version: i64 = row.try_get("stream_version")?;
-            let position: i64 = row.try_get("global_position")?;
-            if last.is_none_or(|(v, _)| version > v) {
-                last = Some((version, position));
-            }
+        columns: Columns,
+    ) -> Result<AppendResult, StoreError> {
+        match committer.append(stream, version, columns).await {
+            Reply::Done(result) => self.settle(stream, expected, result).await,
+            Reply::GroupFailed { message, transient } => Err(StoreError::Storage {
+                message: format!("appending to stream {stream} (in a group commit): {message}"),
+                transient,
+                source: message.into(),
+            }),
         }
-        Ok(last.map(|(version, position)| AppendResult {
-            stream_version: StreamVersion(version as u64),
-            global_position: GlobalPosition(position),
-        }))
     }
 
     /// `Any` and `StreamExists`: the statement reads the current version itself.
@@ -190,17 +211,49 @@ impl PgEventStore {
     }
 }
 
+/// The command path: the stream must be at `version` exactly (0: no events). `Ok(None)` when it
+/// is not (and no writer raced this one to the next version).
+pub(crate) async fn append_exact(
+    pool: &PgPool,
+    stream: &StreamId,
+    version: i64,
+    columns: &Columns,
+) -> Result<Option<AppendResult>, sqlx::Error> {
+    let rows = sqlx::query(APPEND_EXACT)
+        .bind(stream.as_str())
+        .bind(version)
+        .bind(&columns.event_ids)
+        .bind(&columns.event_types)
+        .bind(&columns.schema_versions)
+        .bind(&columns.payloads)
+        .bind(&columns.metadata)
+        .fetch_all(pool)
+        .await?;
+    let mut last = None;
+    for row in &rows {
+        let version: i64 = row.try_get("stream_version")?;
+        let position: i64 = row.try_get("global_position")?;
+        if last.is_none_or(|(v, _)| version > v) {
+            last = Some((version, position));
+        }
+    }
+    Ok(last.map(|(version, position)| AppendResult {
+        stream_version: StreamVersion(version as u64),
+        global_position: GlobalPosition(position),
+    }))
+}
+
 /// An append's events as the column arrays the append statement unnests.
-struct Columns {
-    event_ids: Vec<Uuid>,
-    event_types: Vec<String>,
-    schema_versions: Vec<i32>,
-    payloads: Vec<Value>,
-    metadata: Vec<Value>,
+pub(crate) struct Columns {
+    pub(crate) event_ids: Vec<Uuid>,
+    pub(crate) event_types: Vec<String>,
+    pub(crate) schema_versions: Vec<i32>,
+    pub(crate) payloads: Vec<Value>,
+    pub(crate) metadata: Vec<Value>,
 }
 
 impl Columns {
-    fn new(events: Vec<EventData>) -> Self {
+    pub(crate) fn new(events: Vec<EventData>) -> Self {
         let mut columns = Columns {
             event_ids: Vec::with_capacity(events.len()),
             event_types: Vec::with_capacity(events.len()),
@@ -236,6 +289,25 @@ impl EventStore for PgEventStore {
         self.limits.check(stream, &events)?;
         let count = events.len();
         let columns = Columns::new(events);
+        let exact = match expected {
+            ExpectedVersion::Exact(version) => Some(to_i64(version.0)),
+            ExpectedVersion::NoStream => Some(0),
+            ExpectedVersion::Any | ExpectedVersion::StreamExists => None,
+        };
+        if let (Some(version), Some(committer)) = (exact, self.committer()) {
+            let appended = self
+                .append_grouped(committer, stream, expected, version, columns)
+                .await?;
+            debug!(
+                stream = %stream,
+                events = count,
+                version = %appended.stream_version,
+                position = %appended.global_position,
+                "appended (group commit)"
+            );
+            self.wake_workers();
+            return Ok(appended);
+        }
         let mut attempt = 1;
         let appended = loop {
             match self.append_once(stream, expected, &columns).await {

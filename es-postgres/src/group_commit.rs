@@ -1,0 +1,313 @@
+//! Group commit: appends of concurrent writers, each at an exact expected version, share one
+//! statement and so one transaction and one commit.
+//!
+//! With one transaction per append, many writers are bound by commits: each is a WAL record to
+//! flush, a round trip, a statement to plan and run. Queued appends are instead taken together
+//! by a committer task (up to [`GroupCommit::max_appends`]) and written by one statement
+//! (`sql/append_group.sql`). An idle store adds no delay: a lone append is sent at once, alone.
+//! Appends gather only while earlier ones are being committed.
+//!
+//! What each writer sees is unchanged:
+//! - each append is still all or nothing. The statement checks every append's expected version
+//!   against its snapshot and inserts an append's rows only if its stream is at that version,
+//!   so an append that lost a race (a stale cached version, say) writes nothing and is
+//!   reported as a conflict, while the others commit;
+//! - a writer that commits the same stream's next version after the statement's snapshot makes
+//!   the statement fail on the unique index (stream_id, stream_version), with nothing written.
+//!   The committer then appends each of them on its own, as without group commit, so each
+//!   writer gets its own answer;
+//! - two appends to one stream never share a statement: the later one waits for the next;
+//! - any other failure (a lost connection, say) is reported to every writer of the group, as
+//!   it would have been to each alone.
+//!
+//! Appends with [`ExpectedVersion::Any`](es_core::ExpectedVersion::Any) or `StreamExists` are
+//! not grouped: their statement reads the stream's version itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use es_core::{AppendResult, GlobalPosition, StreamId, StreamVersion};
+use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tracing::debug;
+
+use crate::error::{is_stream_version_conflict, is_transient};
+use crate::store::{append_exact, Columns};
+
+const APPEND_GROUP: &str = include_str!("sql/append_group.sql");
+
+/// How a store groups appends (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupCommit {
+    /// The most appends one statement takes.
+    pub max_appends: usize,
+    /// Groups committed at the same time, each on its own pooled connection: while one commits,
+    /// the next gathers.
+    pub committers: usize,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        Self {
+            max_appends: 64,
+            committers: 2,
+        }
+    }
+}
+
+/// What a grouped append came to.
+pub(crate) enum Reply {
+    /// The append's own result: `Ok(None)` when its expected version did not hold.
+    Done(Result<Option<AppendResult>, sqlx::Error>),
+    /// The group's statement failed for everyone, for a reason other than a version race.
+    GroupFailed {
+        /// The error, as text (every writer of the group gets a copy).
+        message: String,
+        /// Whether retrying may succeed.
+        transient: bool,
+    },
+}
+
+struct Request {
+    stream: StreamId,
+    expected: i64,
+    columns: Columns,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The queue to the committer tasks.
+#[derive(Debug)]
+pub(crate) struct GroupCommitter {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl GroupCommitter {
+    /// Starts the committer tasks on the current tokio runtime, if there is one.
+    pub(crate) fn start(pool: PgPool, settings: GroupCommit) -> Option<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (requests, queue) = mpsc::unbounded_channel();
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..settings.committers.max(1) {
+            runtime.spawn(commit_groups(
+                pool.clone(),
+                queue.clone(),
+                settings.max_appends.max(1),
+            ));
+        }
+        Some(Self { requests })
+    }
+
+    /// Queues an append to `stream` at exact version `expected` (0: no events) and waits for
+    /// its outcome.
+    pub(crate) async fn append(&self, stream: &StreamId, expected: i64, columns: Columns) -> Reply {
+        let (reply, outcome) = oneshot::channel();
+        let request = Request {
+            stream: stream.clone(),
+            expected,
+            columns,
+            reply,
+        };
+        if self.requests.send(request).is_err() {
+            return stopped();
+        }
+        outcome.await.unwrap_or_else(|_| stopped())
+    }
+}
+
+fn stopped() -> Reply {
+    Reply::GroupFailed {
+        message: "the group committer stopped (its runtime is shutting down)".into(),
+        transient: false,
+    }
+}
+
+/// A committer: takes what is queued (waiting for at least one append), commits it, again.
+async fn commit_groups(
+    pool: PgPool,
+    queue: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
+    max_appends: usize,
+) {
+    loop {
+        let group = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut group = vec![first];
+            while group.len() < max_appends {
+                match queue.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        for round in rounds(group) {
+            commit(&pool, round).await;
+        }
+    }
+}
+
+/// Splits a group so that no round has two appends to one stream; a stream's appends keep
+/// their order across rounds.
+fn rounds(group: Vec<Request>) -> Vec<Vec<Request>> {
+    let mut rounds: Vec<Vec<Request>> = Vec::new();
+    let mut seen: HashMap<StreamId, usize> = HashMap::new();
+    for request in group {
+        let round = seen.entry(request.stream.clone()).or_insert(0);
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(request);
+        *round += 1;
+    }
+    rounds
+}
+
+/// Commits one round (distinct streams) and answers every writer in it.
+async fn commit(pool: &PgPool, mut round: Vec<Request>) {
+    if round.len() == 1 {
+        if let Some(request) = round.pop() {
+            one_by_one(pool, vec![request]).await;
+        }
+        return;
+    }
+    let events: usize = round.iter().map(|r| r.columns.event_ids.len()).sum();
+    let mut event_ids = Vec::with_capacity(events);
+    let mut streams = Vec::with_capacity(events);
+    let mut expected = Vec::with_capacity(events);
+    let mut numbers = Vec::with_capacity(events);
+    let mut event_types = Vec::with_capacity(events);
+    let mut schema_versions = Vec::with_capacity(events);
+    let mut payloads = Vec::with_capacity(events);
+    let mut metadata = Vec::with_capacity(events);
+    for request in &round {
+        let columns = &request.columns;
+        for i in 0..columns.event_ids.len() {
+            event_ids.push(columns.event_ids[i]);
+            streams.push(request.stream.as_str());
+            expected.push(request.expected);
+            numbers.push(i as i64 + 1);
+            event_types.push(columns.event_types[i].as_str());
+            schema_versions.push(columns.schema_versions[i]);
+            payloads.push(&columns.payloads[i]);
+            metadata.push(&columns.metadata[i]);
+        }
+    }
+    let inserted = sqlx::query(APPEND_GROUP)
+        .bind(&event_ids)
+        .bind(&streams)
+        .bind(&expected)
+        .bind(&numbers)
+        .bind(&event_types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .fetch_all(pool)
+        .await;
+    match inserted {
+        Ok(rows) => {
+            debug!(appends = round.len(), events, "group committed");
+            let mut last: HashMap<String, (i64, i64)> = HashMap::with_capacity(round.len());
+            for row in &rows {
+                let decoded: Result<(String, i64, i64), sqlx::Error> =
+                    (|| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))();
+                let Ok((stream, version, position)) = decoded else {
+                    // Committed, but the answer cannot be read: say so rather than guess.
+                    return answer_all(
+                        round,
+                        "the group committed but its result could not be decoded".into(),
+                        false,
+                    );
+                };
+                let entry = last.entry(stream).or_insert((version, position));
+                *entry = (entry.0.max(version), entry.1.max(position));
+            }
+            for request in round {
+                let result = last
+                    .get(request.stream.as_str())
+                    .map(|&(version, position)| AppendResult {
+                        stream_version: StreamVersion(version.max(0) as u64),
+                        global_position: GlobalPosition(position),
+                    });
+                let _ = request.reply.send(Reply::Done(Ok(result)));
+            }
+        }
+        // A writer outside the group won a race after the snapshot; nothing was written.
+        Err(error) if is_stream_version_conflict(&error) => {
+            debug!(
+                appends = round.len(),
+                "version race in a group; appending one by one"
+            );
+            one_by_one(pool, round).await;
+        }
+        Err(error) => {
+            let transient = is_transient(&error);
+            answer_all(round, error.to_string(), transient);
+        }
+    }
+}
+
+/// Appends each request on its own (concurrently: they are on distinct streams).
+async fn one_by_one(pool: &PgPool, round: Vec<Request>) {
+    let appends = round.into_iter().map(|request| async move {
+        let result = append_exact(pool, &request.stream, request.expected, &request.columns).await;
+        let _ = request.reply.send(Reply::Done(result));
+    });
+    futures::future::join_all(appends).await;
+}
+
+fn answer_all(round: Vec<Request>, message: String, transient: bool) {
+    for request in round {
+        let _ = request.reply.send(Reply::GroupFailed {
+            message: message.clone(),
+            transient,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(stream: &str, expected: i64) -> Request {
+        Request {
+            stream: StreamId::new(stream).unwrap_or_else(|e| panic!("{e}")),
+            expected,
+            columns: Columns::new(Vec::new()),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_stream_appears_at_most_once_per_round_in_order() {
+        let group = vec![
+            request("a", 1),
+            request("b", 1),
+            request("a", 2),
+            request("a", 3),
+            request("c", 0),
+            request("b", 2),
+        ];
+        let rounds: Vec<Vec<(String, i64)>> = rounds(group)
+            .into_iter()
+            .map(|round| {
+                round
+                    .into_iter()
+                    .map(|r| (r.stream.as_str().to_string(), r.expected))
+                    .collect()
+            })
+            .collect();
+        let named = |pairs: &[(&str, i64)]| -> Vec<(String, i64)> {
+            pairs.iter().map(|(s, v)| (s.to_string(), *v)).collect()
+        };
+        assert_eq!(
+            rounds,
+            vec![
+                named(&[("a", 1), ("b", 1), ("c", 0)]),
+                named(&[("a", 2), ("b", 2)]),
+                named(&[("a", 3)]),
+            ]
+        );
+    }
+}

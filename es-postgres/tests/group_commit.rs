@@ -1,0 +1,249 @@
+//! Group commit against a real PostgreSQL, a fresh database per test: the store's guarantees
+//! hold when appends share transactions, and appends do share them under concurrency.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use es_core::{
+    conformance, AppendResult, EventData, EventStore, ExpectedVersion, StoreError, StreamId,
+    StreamVersion,
+};
+use es_postgres::testing::TestDatabase;
+use es_postgres::{GroupCommit, PgEventStore};
+use serde_json::json;
+use uuid::Uuid;
+
+fn stream(name: &str) -> StreamId {
+    StreamId::new(name).unwrap()
+}
+
+fn event(i: usize) -> EventData {
+    EventData::raw("Happened", 1, json!({ "i": i }))
+}
+
+fn grouped(db: &TestDatabase) -> Arc<PgEventStore> {
+    Arc::new(PgEventStore::new(db.pool.clone()).with_group_commit(GroupCommit::default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grouping_store_conforms() {
+    let databases = Arc::new(Mutex::new(Vec::new()));
+    let keep = databases.clone();
+    conformance::run_all(move || {
+        let keep = keep.clone();
+        async move {
+            let db = TestDatabase::with_max_connections(40).await;
+            let store = PgEventStore::new(db.pool.clone()).with_group_commit(GroupCommit {
+                max_appends: 8,
+                committers: 2,
+            });
+            keep.lock().unwrap().push(db);
+            store
+        }
+    })
+    .await;
+}
+
+/// Sixteen writers on their own streams: every append lands whole at its version, appends share
+/// transactions, and each writer's answers match what is in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_share_transactions_and_each_gets_its_own_answer() {
+    let db = TestDatabase::with_max_connections(20).await;
+    let store = grouped(&db);
+    let (writers, appends) = (16, 100);
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s = stream(&format!("writer-{w}"));
+                let mut answers = Vec::new();
+                for i in 0..appends {
+                    // Two events per append: all or nothing is visible in the versions.
+                    let batch = vec![event(i), event(i)];
+                    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+                    let expected = if i == 0 {
+                        ExpectedVersion::NoStream
+                    } else {
+                        ExpectedVersion::Exact(StreamVersion(2 * i as u64))
+                    };
+                    let result = store.append(&s, expected, batch).await.unwrap();
+                    answers.push((ids, result));
+                }
+                (s, answers)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (s, answers) = task.await.unwrap();
+        let read = store
+            .read_stream(&s, StreamVersion::INITIAL, None)
+            .await
+            .unwrap();
+        let versions: Vec<u64> = read.iter().map(|e| e.stream_version.0).collect();
+        assert_eq!(versions, (1..=2 * appends as u64).collect::<Vec<_>>());
+        let by_id: HashMap<Uuid, _> = read.iter().map(|e| (e.event_id, e)).collect();
+        for (
+            ids,
+            AppendResult {
+                stream_version,
+                global_position,
+            },
+        ) in answers
+        {
+            let last = by_id[&ids[1]];
+            assert_eq!(last.stream_version, stream_version, "{s}");
+            assert_eq!(last.global_position, global_position, "{s}");
+            assert_eq!(by_id[&ids[0]].stream_version.0 + 1, stream_version.0);
+        }
+    }
+    // Each append's rows share a transaction; groups put several appends in one.
+    let (appends_total, transactions, split): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) / 2 FROM es_events),
+                (SELECT count(DISTINCT transaction_id) FROM es_events),
+                (SELECT count(*) FROM (SELECT stream_id, (stream_version + 1) / 2
+                                       FROM es_events GROUP BY 1, 2
+                                       HAVING count(DISTINCT transaction_id) > 1) s)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(appends_total, (writers * appends) as i64);
+    assert_eq!(split, 0, "an append's two events in two transactions");
+    assert!(
+        transactions < appends_total,
+        "{transactions} transactions for {appends_total} appends: no group formed"
+    );
+}
+
+/// Many grouped writers on one stream, each expecting the same version: one wins, every other
+/// gets a conflict and writes nothing. Two appends to one stream never share a statement, so
+/// this also runs the rounds that split a group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_grouped_appends_one_winner() {
+    let db = TestDatabase::with_max_connections(20).await;
+    let store = grouped(&db);
+    for round in 0..5 {
+        let s = stream(&format!("race-{round}"));
+        store
+            .append(&s, ExpectedVersion::NoStream, vec![event(0)])
+            .await
+            .unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(32));
+        let tasks: Vec<_> = (0..32)
+            .map(|t| {
+                let (store, s, barrier) = (store.clone(), s.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .append(
+                            &s,
+                            ExpectedVersion::Exact(StreamVersion(1)),
+                            vec![event(t), event(t)],
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(appended) => {
+                    wins += 1;
+                    assert_eq!(appended.stream_version, StreamVersion(3));
+                }
+                Err(StoreError::Conflict { actual, .. }) => {
+                    assert_eq!(actual, Some(StreamVersion(3)));
+                }
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(wins, 1);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM es_events WHERE stream_id = $1")
+            .bind(s.as_str())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 3, "seed plus the winner's two events");
+    }
+}
+
+/// Grouped writers race plain ones (another pool, one transaction per append) on the same
+/// streams: a plain writer that commits after a group's snapshot fails the group's statement,
+/// which must then write nothing and answer each of its writers on its own. In the end every
+/// stream's versions are contiguous, and every append reported as done is in the log, whole,
+/// where its answer says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grouped_and_plain_writers_racing_on_the_same_streams() {
+    let db = TestDatabase::with_max_connections(40).await;
+    let grouped = grouped(&db);
+    let plain = Arc::new(PgEventStore::new(db.pool.clone()));
+    let streams: Vec<StreamId> = (0..4).map(|i| stream(&format!("contended-{i}"))).collect();
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let store = if t % 2 == 0 {
+                grouped.clone()
+            } else {
+                plain.clone()
+            };
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                let (mut conflicts, mut attempts) = (0, 0);
+                while done.len() < 15 && attempts < 2_000 {
+                    attempts += 1;
+                    let s = &streams[(t + attempts) % streams.len()];
+                    let version = store.stream_version(s).await.unwrap().unwrap_or_default();
+                    let batch = vec![event(t), event(t), event(t)];
+                    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+                    let expected = if version.0 == 0 {
+                        ExpectedVersion::NoStream
+                    } else {
+                        ExpectedVersion::Exact(version)
+                    };
+                    match store.append(s, expected, batch).await {
+                        Ok(appended) => done.push((s.clone(), ids, appended)),
+                        Err(StoreError::Conflict { .. }) => conflicts += 1,
+                        Err(other) => panic!("unexpected {other:?}"),
+                    }
+                }
+                (done, conflicts)
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    let mut conflicts = 0;
+    for task in tasks {
+        let (d, c) = task.await.unwrap();
+        done.extend(d);
+        conflicts += c;
+    }
+    assert!(
+        conflicts > 0,
+        "the writers never raced: the test proves nothing"
+    );
+    let mut logged = HashMap::new();
+    for s in &streams {
+        let read = grouped
+            .read_stream(s, StreamVersion::INITIAL, None)
+            .await
+            .unwrap();
+        let versions: Vec<u64> = read.iter().map(|e| e.stream_version.0).collect();
+        assert_eq!(versions, (1..=read.len() as u64).collect::<Vec<_>>(), "{s}");
+        assert_eq!(read.len() % 3, 0, "{s}: an append was cut");
+        logged.extend(read.into_iter().map(|e| (e.event_id, e)));
+    }
+    for (s, ids, appended) in &done {
+        let rows: Vec<_> = ids.iter().map(|id| &logged[id]).collect();
+        assert!(rows.iter().all(|e| e.stream_id == *s));
+        assert_eq!(rows[2].stream_version, appended.stream_version);
+        assert_eq!(rows[2].global_position, appended.global_position);
+        assert_eq!(rows[0].stream_version.0 + 2, appended.stream_version.0);
+    }
+    assert_eq!(
+        done.len() * 3,
+        logged.len(),
+        "only reported appends are in the log"
+    );
+}
