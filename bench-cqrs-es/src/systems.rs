@@ -14,7 +14,7 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{CqrsFramework, EventStore as _};
 use es_core::{Repository, StreamId};
 use es_examples::deal::{Deal, DealCommand};
-use es_postgres::PgEventStore;
+use es_postgres::{GroupCommit, PgEventStore};
 use futures::TryStreamExt;
 use postgres_es::PostgresEventRepository;
 use serde_json::{Map, Value};
@@ -63,15 +63,18 @@ pub enum System {
     Ours,
     /// es-core + es-postgres with the repository's aggregate cache (`with_cache`).
     OursCached,
+    /// The cache, over a store that groups concurrent appends (`with_group_commit`).
+    OursGrouped,
     /// Hand-written SQL.
     Raw,
 }
 
 impl System {
-    /// All three, in report order.
-    pub const ALL: [System; 4] = [
+    /// All of them, in report order.
+    pub const ALL: [System; 5] = [
         System::Ours,
         System::OursCached,
+        System::OursGrouped,
         System::CqrsEs,
         System::Raw,
     ];
@@ -82,6 +85,7 @@ impl System {
             System::CqrsEs => "cqrs-es + postgres-es",
             System::Ours => "ours (es-core + es-postgres)",
             System::OursCached => "ours with the aggregate cache",
+            System::OursGrouped => "ours with the cache and group commit",
             System::Raw => "raw PostgreSQL",
         }
     }
@@ -92,6 +96,7 @@ impl System {
             System::CqrsEs => "cq",
             System::Ours => "es",
             System::OursCached => "esc",
+            System::OursGrouped => "esg",
             System::Raw => "raw",
         }
     }
@@ -104,6 +109,7 @@ pub struct Systems {
     cqrs_store: PersistedEventStore<PostgresEventRepository, CqrsDeal>,
     ours: Repository<Deal>,
     ours_cached: Repository<Deal>,
+    ours_grouped: Repository<Deal>,
 }
 
 impl Systems {
@@ -121,12 +127,17 @@ impl Systems {
         let ours_cached = Repository::<Deal>::new(PgEventStore::new(pool.clone()))
             .with_upcasters(Arc::new(es_examples::deal::upcasters()))
             .with_cache(100_000);
+        let grouped = PgEventStore::new(pool.clone()).with_group_commit(GroupCommit::default());
+        let ours_grouped = Repository::<Deal>::new(grouped)
+            .with_upcasters(Arc::new(es_examples::deal::upcasters()))
+            .with_cache(100_000);
         Ok(Self {
             pool,
             cqrs,
             cqrs_store,
             ours,
             ours_cached,
+            ours_grouped,
         })
     }
 
@@ -158,6 +169,12 @@ impl Systems {
                     .await?;
                 Ok(())
             }
+            System::OursGrouped => {
+                self.ours_grouped
+                    .execute(&StreamId::new(id)?, command)
+                    .await?;
+                Ok(())
+            }
             System::Raw => raw_command(&self.pool, id, command).await,
         }
     }
@@ -179,7 +196,7 @@ impl Systems {
                 Ok((context.aggregate.configuration, sequence))
             }
             // Loads never use the cache: both read the stream.
-            System::Ours | System::OursCached => {
+            System::Ours | System::OursCached | System::OursGrouped => {
                 let loaded = self.ours.load(&StreamId::new(id)?).await?;
                 Ok((loaded.state.configuration, loaded.version.0))
             }
