@@ -9,10 +9,10 @@
 //!
 //! - raw: `SELECT event_type, payload FROM es_events WHERE stream_id = $1 ORDER BY
 //!   stream_version`, each payload deserialised into the event enum and folded;
-//! - raw with every envelope column the store reads (ids, positions, metadata, time), decoded
-//!   but otherwise unused: it splits the repository's overhead into "more columns" and "more
-//!   work per event";
-//! - the repository without snapshots (a full replay, every column of the envelope, upcasting);
+//! - raw with every envelope column `read_stream` reads (ids, positions, metadata, time),
+//!   decoded but otherwise unused: what reading the whole envelope would cost;
+//! - the repository without snapshots (a full replay: the five columns folding needs, read by
+//!   `read_stream_for_fold`, upcasting, decoding);
 //! - the repository with snapshots (the snapshot row, then the events after it).
 //!
 //! All four must produce the same state, or the run fails. Reported: medians, the p10-p90
@@ -493,9 +493,12 @@ fn section(args: &Args, cases: &[Case]) -> String {
          their last event (the best case); the streams {less} events longer have it {less} events \
          behind (the worst case). Each stream is loaded four ways, round-robin: **raw SQL** \
          (`{RAW_READ}`, each payload deserialised into the event enum and folded), raw SQL \
-         reading **every envelope column** the store reads (ids, positions, metadata, time; \
-         decoded, only the payloads used), the **repository with no snapshots** (a full replay: every envelope column, upcasting, \
-         decoding, folding) and the **repository with snapshots** (the snapshot row, then the \
+         reading **every envelope column** `read_stream` returns (ids, positions, metadata, \
+         time; decoded, only the payloads used: what a load reading the whole envelope would \
+         pay), the **repository with no snapshots** (a full replay through \
+         `read_stream_for_fold`: position, version, type, schema version and payload, each \
+         payload parsed once from its JSON text into the event enum, upcasting, folding) and \
+         the **repository with snapshots** (the snapshot row, then the \
          events after it). All four must give the same state or the run fails. \
          {repetitions} measured repetitions after {warmup} warm-up rounds; medians, one \
          connection at a time, client and server on the same machine.\n\
