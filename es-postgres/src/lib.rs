@@ -23,10 +23,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`store`] (appends, reads, snapshots), [`log_reader`] (tailing the global log
-//! without skipping events that commit out of order), [`notify`] (wake-ups), [`error`] (how
-//! database errors become typed ones), and with the `testing` feature `testing` (a fresh
-//! database per test).
+//! Modules: [`store`] (appends, reads, snapshots), [`group_commit`] (concurrent appends sharing
+//! a transaction, opt-in), [`log_reader`] (tailing the global log without skipping events that
+//! commit out of order), [`notify`] (wake-ups), [`error`] (how database errors become typed
+//! ones), and with the `testing` feature `testing` (a fresh database per test).
 
 pub mod error;
 pub mod group_commit;

@@ -430,7 +430,7 @@ fn section(
         ">/ raw INSERT",
         ">client CPU per command",
     ]);
-    let mut target = 0.0;
+    let (mut target, mut grouped) = (0.0, 0.0);
     for (w, &writers) in WRITERS.iter().enumerate() {
         let commands = (args.commands / writers * writers) as u64;
         let rates: Vec<f64> = samples[w]
@@ -453,12 +453,9 @@ fn section(
                 ),
             ]);
         }
-        if writers == 16 {
-            target = if rates[3] > 0.0 {
-                rates[1] / rates[3]
-            } else {
-                0.0
-            };
+        if writers == 16 && rates[3] > 0.0 {
+            target = rates[1] / rates[3];
+            grouped = rates[5] / rates[3];
         }
     }
     let mut hot_table = Table::new(&[
@@ -506,7 +503,8 @@ fn section(
          commands/s of the median repetition.\n\
          \n\
          **Target:** 16 writers on distinct streams, the repository with the cache at least \
-         0.8× raw single-row INSERT per transaction: {verdict}.\n\
+         0.8× raw single-row INSERT per transaction: {verdict}; with the store's group \
+         commit, which the cache is meant to run with under many writers: {grouped_verdict}.\n\
          \n\
          {table}\n\
          **16 writers on one hot stream**, {hot} commands each per repetition, through one \
@@ -546,6 +544,7 @@ fn section(
         warmup = args.warmup,
         secs = elapsed.as_secs_f64(),
         verdict = verdict_at_least(target, 0.8, "×"),
+        grouped_verdict = verdict_at_least(grouped, 0.8, "×"),
         table = table.to_markdown(),
         hot = args.hot_commands,
         hot_table = hot_table.to_markdown(),

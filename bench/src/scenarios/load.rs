@@ -511,7 +511,9 @@ fn section(args: &Args, cases: &[Case]) -> String {
         svg_name = args
             .svg
             .file_name()
-            .map_or("benchmarks-load.svg".into(), |n| n.to_string_lossy().into_owned()),
+            .map_or("benchmarks-load.svg".into(), |n| n
+                .to_string_lossy()
+                .into_owned()),
         less = every - 1,
         warmup = args.warmup,
         medians = medians.to_markdown(),
