@@ -16,6 +16,7 @@ use es_core::{
     Snapshot, SnapshotStore, StoreError, StoreLimits, StreamId, StreamVersion,
 };
 use serde_json::Value;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use tracing::{debug, trace};
 use uuid::Uuid;
@@ -176,6 +177,23 @@ impl PgEventStore {
                 source: message.into(),
             }),
         }
+    }
+
+    /// The rows of a stream read (`sql` takes the stream, `after` and `up_to`).
+    async fn stream_rows(
+        &self,
+        sql: &'static str,
+        stream: &StreamId,
+        after: StreamVersion,
+        up_to: Option<StreamVersion>,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        sqlx::query(sql)
+            .bind(stream.as_str())
+            .bind(to_i64(after.0))
+            .bind(up_to.map_or(i64::MAX, |v| to_i64(v.0)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| storage(format!("reading stream {stream}"), e))
     }
 
     /// `Any` and `StreamExists`: the statement reads the current version itself.
@@ -341,13 +359,7 @@ impl EventStore for PgEventStore {
         after: StreamVersion,
         up_to: Option<StreamVersion>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(READ_STREAM)
-            .bind(stream.as_str())
-            .bind(to_i64(after.0))
-            .bind(up_to.map_or(i64::MAX, |v| to_i64(v.0)))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| storage(format!("reading stream {stream}"), e))?;
+        let rows = self.stream_rows(READ_STREAM, stream, after, up_to).await?;
         rows.iter().map(recorded_event).collect()
     }
 
@@ -357,13 +369,9 @@ impl EventStore for PgEventStore {
         after: StreamVersion,
         up_to: Option<StreamVersion>,
     ) -> Result<Vec<FoldEvent>, StoreError> {
-        let rows = sqlx::query(READ_STREAM_FOR_FOLD)
-            .bind(stream.as_str())
-            .bind(to_i64(after.0))
-            .bind(up_to.map_or(i64::MAX, |v| to_i64(v.0)))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| storage(format!("reading stream {stream}"), e))?;
+        let rows = self
+            .stream_rows(READ_STREAM_FOR_FOLD, stream, after, up_to)
+            .await?;
         rows.iter().map(fold_event).collect()
     }
 

@@ -1,5 +1,6 @@
 //! Group commit against a real PostgreSQL, a fresh database per test: the store's guarantees
-//! hold when appends share transactions, and appends do share them under concurrency.
+//! hold when appends share transactions (the conformance suite, with its 32-way race on one
+//! version, runs on a grouping store), and appends do share them under concurrency.
 
 #![allow(clippy::unwrap_used)]
 
@@ -115,58 +116,6 @@ async fn concurrent_writers_share_transactions_and_each_gets_its_own_answer() {
         transactions < appends_total,
         "{transactions} transactions for {appends_total} appends: no group formed"
     );
-}
-
-/// Many grouped writers on one stream, each expecting the same version: one wins, every other
-/// gets a conflict and writes nothing. Two appends to one stream never share a statement, so
-/// this also runs the rounds that split a group.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn racing_grouped_appends_one_winner() {
-    let db = TestDatabase::with_max_connections(20).await;
-    let store = grouped(&db);
-    for round in 0..5 {
-        let s = stream(&format!("race-{round}"));
-        store
-            .append(&s, ExpectedVersion::NoStream, vec![event(0)])
-            .await
-            .unwrap();
-        let barrier = Arc::new(tokio::sync::Barrier::new(32));
-        let tasks: Vec<_> = (0..32)
-            .map(|t| {
-                let (store, s, barrier) = (store.clone(), s.clone(), barrier.clone());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    store
-                        .append(
-                            &s,
-                            ExpectedVersion::Exact(StreamVersion(1)),
-                            vec![event(t), event(t)],
-                        )
-                        .await
-                })
-            })
-            .collect();
-        let mut wins = 0;
-        for task in tasks {
-            match task.await.unwrap() {
-                Ok(appended) => {
-                    wins += 1;
-                    assert_eq!(appended.stream_version, StreamVersion(3));
-                }
-                Err(StoreError::Conflict { actual, .. }) => {
-                    assert_eq!(actual, Some(StreamVersion(3)));
-                }
-                Err(other) => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!(wins, 1);
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM es_events WHERE stream_id = $1")
-            .bind(s.as_str())
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        assert_eq!(rows, 3, "seed plus the winner's two events");
-    }
 }
 
 /// Grouped writers race plain ones (another pool, one transaction per append) on the same

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use es_core::{RecordedEvent, Upcasters};
+use es_core::{DecodeError, EventEnvelope, RecordedEvent, Upcasters};
 use sqlx::PgConnection;
 use tracing::warn;
 
@@ -65,13 +65,58 @@ pub fn erase<P: Projector>(projector: P) -> Result<Arc<dyn DynProjector>, Projec
 
 struct Erased<P>(P);
 
-fn event_ref(event: &RecordedEvent) -> EventRef {
+/// The event an envelope came from (built only when something fails: not per event).
+fn envelope_ref<E>(envelope: &EventEnvelope<E>) -> EventRef {
     EventRef {
-        stream: event.stream_id.clone(),
-        stream_version: event.stream_version,
-        position: event.global_position,
-        event_type: event.event_type.clone(),
+        stream: envelope.stream_id.clone(),
+        stream_version: envelope.stream_version,
+        position: envelope.global_position,
+        event_type: envelope.event_type.clone(),
     }
+}
+
+/// The event a decode error names, and its stored schema version.
+fn decode_error_ref(error: &DecodeError) -> (EventRef, u32) {
+    let (stream, stream_version, position, event_type, schema_version) = match error {
+        DecodeError::UnknownEventType {
+            stream,
+            stream_version,
+            position,
+            event_type,
+            schema_version,
+        }
+        | DecodeError::NoUpcastPath {
+            stream,
+            stream_version,
+            position,
+            event_type,
+            schema_version,
+            ..
+        }
+        | DecodeError::UpcasterFailed {
+            stream,
+            stream_version,
+            position,
+            event_type,
+            schema_version,
+            ..
+        }
+        | DecodeError::MalformedPayload {
+            stream,
+            stream_version,
+            position,
+            event_type,
+            schema_version,
+            ..
+        } => (stream, stream_version, position, event_type, schema_version),
+    };
+    let reference = EventRef {
+        stream: stream.clone(),
+        stream_version: *stream_version,
+        position: *position,
+        event_type: event_type.clone(),
+    };
+    (reference, *schema_version)
 }
 
 async fn savepoint(conn: &mut PgConnection, sql: &str) -> Result<(), ProjectionError> {
@@ -145,17 +190,12 @@ impl<P: Projector> DynProjector for Erased<P> {
         let name = self.0.name();
         let mut outcome = BatchOutcome::default();
         let mut decoded = Vec::with_capacity(events.len());
-        let mut refs = Vec::with_capacity(events.len());
         for event in events {
             if !self.0.accepts_stream(&event.stream_id) {
                 continue;
             }
-            let (reference, schema_version) = (event_ref(&event), event.schema_version);
             match upcasters.decode::<P::Event>(event) {
-                Ok(Some(envelope)) => {
-                    decoded.push(envelope);
-                    refs.push(reference);
-                }
+                Ok(Some(envelope)) => decoded.push(envelope),
                 Ok(None) => {}
                 Err(error) if policy == ErrorPolicy::Stop => {
                     return Err(ProjectionError::Decode {
@@ -164,6 +204,7 @@ impl<P: Projector> DynProjector for Erased<P> {
                     })
                 }
                 Err(error) => {
+                    let (reference, schema_version) = decode_error_ref(&error);
                     park(conn, name, tables, &reference, schema_version, &error).await?;
                     outcome.parked += 1;
                 }
@@ -183,7 +224,8 @@ impl<P: Projector> DynProjector for Erased<P> {
         }
         // The batch failed: apply event by event to find the culprit (and, under the
         // dead-letter policy, to apply everything else).
-        for (envelope, reference) in decoded.into_iter().zip(refs) {
+        for envelope in decoded {
+            let reference = envelope_ref(&envelope);
             savepoint(conn, "SAVEPOINT es_event").await?;
             let schema_version = upcasters.current_version(&envelope.event_type).unwrap_or(0);
             match self

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Measured repetitions of the rebuild and of the SQL fold, at each size.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     repetitions: usize,
     /// Deals in the larger log.
     #[arg(long, default_value_t = 2_000)]
