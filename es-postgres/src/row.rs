@@ -7,7 +7,8 @@
 
 use chrono::{DateTime, Utc};
 use es_core::{
-    FoldEvent, GlobalPosition, Metadata, Payload, RecordedEvent, StoreError, StreamId, StreamVersion,
+    FoldEvent, GlobalPosition, Metadata, Payload, RecordedEvent, StoreError, StreamId,
+    StreamVersion,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgRow, PgValueFormat, PgValueRef};
