@@ -98,8 +98,14 @@ impl GroupCommitter {
     }
 
     /// Queues an append to `stream` at exact version `expected` (0: no events) and waits for
-    /// its outcome.
-    pub(crate) async fn append(&self, stream: &StreamId, expected: i64, columns: Columns) -> Reply {
+    /// its outcome. Gives the events back when the committers are gone (their runtime shut
+    /// down) before taking them: the caller then appends them itself.
+    pub(crate) async fn append(
+        &self,
+        stream: &StreamId,
+        expected: i64,
+        columns: Columns,
+    ) -> Result<Reply, Columns> {
         let (reply, outcome) = oneshot::channel();
         let request = Request {
             stream: stream.clone(),
@@ -107,16 +113,19 @@ impl GroupCommitter {
             columns,
             reply,
         };
-        if self.requests.send(request).is_err() {
-            return stopped();
+        if let Err(unsent) = self.requests.send(request) {
+            return Err(unsent.0.columns);
         }
-        outcome.await.unwrap_or_else(|_| stopped())
+        // Taken, then dropped unanswered: the outcome is unknown.
+        Ok(outcome.await.unwrap_or_else(|_| stopped()))
     }
 }
 
 fn stopped() -> Reply {
     Reply::GroupFailed {
-        message: "the group committer stopped (its runtime is shutting down)".into(),
+        message: "the group committer stopped before answering (its runtime shut down); \
+                  the append may or may not have been committed"
+            .into(),
         transient: false,
     }
 }

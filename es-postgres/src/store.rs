@@ -170,8 +170,10 @@ impl PgEventStore {
         columns: Columns,
     ) -> Result<AppendResult, StoreError> {
         match committer.append(stream, version, columns).await {
-            Reply::Done(result) => self.settle(stream, expected, result).await,
-            Reply::GroupFailed { message, transient } => Err(StoreError::Storage {
+            // The committers are gone (their runtime shut down): append alone.
+            Err(columns) => self.append_once(stream, expected, &columns).await,
+            Ok(Reply::Done(result)) => self.settle(stream, expected, result).await,
+            Ok(Reply::GroupFailed { message, transient }) => Err(StoreError::Storage {
                 message: format!("appending to stream {stream} (in a group commit): {message}"),
                 transient,
                 source: message.into(),
