@@ -12,13 +12,16 @@
 //!   against its snapshot and inserts an append's rows only if its stream is at that version,
 //!   so an append that lost a race (a stale cached version, say) writes nothing and is
 //!   reported as a conflict, while the others commit;
-//! - a writer that commits the same stream's next version after the statement's snapshot makes
-//!   the statement fail on the unique index (stream_id, stream_version), with nothing written.
-//!   The committer then appends each of them on its own, as without group commit, so each
-//!   writer gets its own answer;
+//! - when the statement fails in the database, nothing was written: a writer outside the group
+//!   committed the same stream's next version after the statement's snapshot (the unique index
+//!   (stream_id, stream_version) refuses the row), or one append is bad (a duplicate event id).
+//!   The committer then appends each of the group on its own, as without group commit, so each
+//!   writer gets its own answer and one bad append fails no other;
 //! - two appends to one stream never share a statement: the later one waits for the next;
-//! - any other failure (a lost connection, say) is reported to every writer of the group, as
-//!   it would have been to each alone.
+//! - rows are inserted in stream order, the same everywhere, so groups racing on the same
+//!   streams never wait for each other in a cycle;
+//! - any other failure (a lost connection, say) leaves the outcome unknown and is reported to
+//!   every writer of the group, as it would have been to each alone.
 //!
 //! Appends with [`ExpectedVersion::Any`](es_core::ExpectedVersion::Any) or `StreamExists` are
 //! not grouped: their statement reads the stream's version itself.
@@ -175,6 +178,10 @@ fn rounds(group: Vec<Request>) -> Vec<Vec<Request>> {
 
 /// Commits one round (distinct streams) and answers every writer in it.
 async fn commit(pool: &PgPool, mut round: Vec<Request>) {
+    // Rows are inserted in stream order, the same in every group and every process: two groups
+    // racing on the same streams wait for each other in one direction, never in a cycle (a
+    // deadlock would fail both).
+    round.sort_by(|a, b| a.stream.as_str().cmp(b.stream.as_str()));
     if round.len() == 1 {
         if let Some(request) = round.pop() {
             one_by_one(pool, vec![request]).await;
@@ -242,14 +249,20 @@ async fn commit(pool: &PgPool, mut round: Vec<Request>) {
                 let _ = request.reply.send(Reply::Done(Ok(result)));
             }
         }
-        // A writer outside the group won a race after the snapshot; nothing was written.
-        Err(error) if is_stream_version_conflict(&error) => {
+        // The statement failed in the database, so nothing was written: a writer outside the
+        // group won a version race after the snapshot, or one append is bad (a duplicate event
+        // id). Each writer gets its own answer, and the others are not failed by one.
+        Err(error @ sqlx::Error::Database(_)) => {
             debug!(
                 appends = round.len(),
-                "version race in a group; appending one by one"
+                version_race = is_stream_version_conflict(&error),
+                %error,
+                "a group's statement failed; appending one by one"
             );
             one_by_one(pool, round).await;
         }
+        // Anything else (a lost connection, say) may have happened at commit: the outcome is
+        // unknown, and every writer of the group is told so.
         Err(error) => {
             let transient = is_transient(&error);
             answer_all(round, error.to_string(), transient);

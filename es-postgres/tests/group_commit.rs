@@ -118,24 +118,24 @@ async fn concurrent_writers_share_transactions_and_each_gets_its_own_answer() {
     );
 }
 
-/// Grouped writers race plain ones (another pool, one transaction per append) on the same
-/// streams: a plain writer that commits after a group's snapshot fails the group's statement,
+/// Grouped writers race plain ones (one transaction per append) and each other on the same
+/// streams: a writer that commits after a group's snapshot fails the group's statement,
 /// which must then write nothing and answer each of its writers on its own. In the end every
 /// stream's versions are contiguous, and every append reported as done is in the log, whole,
 /// where its answer says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grouped_and_plain_writers_racing_on_the_same_streams() {
     let db = TestDatabase::with_max_connections(40).await;
-    let grouped = grouped(&db);
-    let plain = Arc::new(PgEventStore::new(db.pool.clone()));
+    // Two grouping stores (two sets of committers, as in two processes) and a plain one.
+    let stores = [
+        grouped(&db),
+        grouped(&db),
+        Arc::new(PgEventStore::new(db.pool.clone())),
+    ];
     let streams: Vec<StreamId> = (0..4).map(|i| stream(&format!("contended-{i}"))).collect();
-    let tasks: Vec<_> = (0..16)
+    let tasks: Vec<_> = (0..18)
         .map(|t| {
-            let store = if t % 2 == 0 {
-                grouped.clone()
-            } else {
-                plain.clone()
-            };
+            let store = stores[t % stores.len()].clone();
             let streams = streams.clone();
             tokio::spawn(async move {
                 let mut done = Vec::new();
@@ -174,7 +174,7 @@ async fn grouped_and_plain_writers_racing_on_the_same_streams() {
     );
     let mut logged = HashMap::new();
     for s in &streams {
-        let read = grouped
+        let read = stores[0]
             .read_stream(s, StreamVersion::INITIAL, None)
             .await
             .unwrap();
@@ -195,4 +195,54 @@ async fn grouped_and_plain_writers_racing_on_the_same_streams() {
         logged.len(),
         "only reported appends are in the log"
     );
+}
+
+/// One bad append (an event id already in the log) among concurrent good ones: it fails alone,
+/// with the database's complaint; the others, whatever group they shared with it, succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_append_fails_alone() {
+    let db = TestDatabase::with_max_connections(20).await;
+    let store = grouped(&db);
+    let taken = event(0);
+    store
+        .append(
+            &stream("first"),
+            ExpectedVersion::NoStream,
+            vec![taken.clone()],
+        )
+        .await
+        .unwrap();
+    for round in 0..10 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let (store, barrier, taken) = (store.clone(), barrier.clone(), taken.clone());
+                tokio::spawn(async move {
+                    let s = stream(&format!("round-{round}-{t}"));
+                    let batch = if t == 7 {
+                        vec![event(1), taken]
+                    } else {
+                        vec![event(1), event(2)]
+                    };
+                    barrier.wait().await;
+                    store.append(&s, ExpectedVersion::NoStream, batch).await
+                })
+            })
+            .collect();
+        for (t, task) in tasks.into_iter().enumerate() {
+            match (t, task.await.unwrap()) {
+                (7, Err(StoreError::Storage { message, .. })) => {
+                    assert!(message.contains("round-"), "{message}");
+                }
+                (7, other) => panic!("the duplicate event id was not refused: {other:?}"),
+                (_, Ok(appended)) => assert_eq!(appended.stream_version, StreamVersion(2)),
+                (_, Err(error)) => panic!("a good append failed with the bad one: {error:?}"),
+            }
+        }
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM es_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1 + 10 * 15 * 2, "the bad appends wrote nothing");
 }

@@ -8,7 +8,8 @@
 -- is inserted whole or not at all, whatever happens to the others. A writer that committed the
 -- next version after the snapshot was taken collides on the unique index
 -- (stream_id, stream_version), which fails the whole statement: the caller then appends one by
--- one. The caller never puts two appends to the same stream in one statement.
+-- one. The caller never puts two appends to the same stream in one statement, and orders the
+-- appends by stream (so that concurrent groups take the index entries in one order).
 INSERT INTO es_events
     (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
 SELECT e.event_id, e.stream_id, e.expected + e.n, e.event_type, e.schema_version, e.payload,
