@@ -13,7 +13,8 @@
 //!   so an append that lost a race (a stale cached version, say) writes nothing and is
 //!   reported as a conflict, while the others commit;
 //! - when the statement fails in the database, nothing was written: a writer outside the group
-//!   committed the same stream's next version after the statement's snapshot (the unique index
+//!   (a plain append, another committer, another process) committed the same stream's next
+//!   version after the statement's snapshot (the unique index
 //!   (stream_id, stream_version) refuses the row), or one append is bad (a duplicate event id).
 //!   The committer then appends each of the group on its own, as without group commit, so each
 //!   writer gets its own answer and one bad append fails no other;
@@ -21,7 +22,8 @@
 //! - rows are inserted in stream order, the same everywhere, so groups racing on the same
 //!   streams never wait for each other in a cycle;
 //! - any other failure (a lost connection, say) leaves the outcome unknown and is reported to
-//!   every writer of the group, as it would have been to each alone.
+//!   every writer of the group, as it would have been to each alone;
+//! - a writer that stops waiting (its future dropped) before its group is formed is left out.
 //!
 //! Appends with [`ExpectedVersion::Any`](es_core::ExpectedVersion::Any) or `StreamExists` are
 //! not grouped: their statement reads the stream's version itself.
@@ -30,6 +32,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use es_core::{AppendResult, GlobalPosition, StreamId, StreamVersion};
+use futures::StreamExt;
 use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::debug;
@@ -178,6 +181,12 @@ fn rounds(group: Vec<Request>) -> Vec<Vec<Request>> {
 
 /// Commits one round (distinct streams) and answers every writer in it.
 async fn commit(pool: &PgPool, mut round: Vec<Request>) {
+    // A writer that gave up waiting (its future was dropped) before its group formed is not
+    // written: as with a plain append cancelled before it was sent.
+    round.retain(|request| !request.reply.is_closed());
+    if round.is_empty() {
+        return;
+    }
     // Rows are inserted in stream order, the same in every group and every process: two groups
     // racing on the same streams wait for each other in one direction, never in a cycle (a
     // deadlock would fail both).
@@ -270,14 +279,20 @@ async fn commit(pool: &PgPool, mut round: Vec<Request>) {
     }
 }
 
-/// Appends each request on its own (concurrently: they are on distinct streams).
+/// Appends each request on its own, a few at a time (they are on distinct streams).
 async fn one_by_one(pool: &PgPool, round: Vec<Request>) {
-    let appends = round.into_iter().map(|request| async move {
-        let result = append_exact(pool, &request.stream, request.expected, &request.columns).await;
-        let _ = request.reply.send(Reply::Done(result));
-    });
-    futures::future::join_all(appends).await;
+    futures::stream::iter(round)
+        .for_each_concurrent(ONE_BY_ONE_IN_FLIGHT, |request| async move {
+            let result =
+                append_exact(pool, &request.stream, request.expected, &request.columns).await;
+            let _ = request.reply.send(Reply::Done(result));
+        })
+        .await;
 }
+
+/// How many appends of a failed group go at once: enough to drain it quickly, few enough to
+/// leave the pool to everyone else.
+const ONE_BY_ONE_IN_FLIGHT: usize = 8;
 
 fn answer_all(round: Vec<Request>, message: String, transient: bool) {
     for request in round {

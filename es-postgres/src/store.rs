@@ -18,7 +18,7 @@ use es_core::{
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
-use tracing::{debug, trace};
+use tracing::{debug, trace, warn};
 use uuid::Uuid;
 
 use crate::error::{is_stream_version_conflict, storage};
@@ -171,7 +171,10 @@ impl PgEventStore {
     ) -> Result<AppendResult, StoreError> {
         match committer.append(stream, version, columns).await {
             // The committers are gone (their runtime shut down): append alone.
-            Err(columns) => self.append_once(stream, expected, &columns).await,
+            Err(columns) => {
+                warn!(stream = %stream, "group committers stopped; appending alone");
+                self.append_once(stream, expected, &columns).await
+            }
             Ok(Reply::Done(result)) => self.settle(stream, expected, result).await,
             Ok(Reply::GroupFailed { message, transient }) => Err(StoreError::Storage {
                 message: format!("appending to stream {stream} (in a group commit): {message}"),

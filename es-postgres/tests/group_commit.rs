@@ -246,3 +246,191 @@ async fn a_bad_append_fails_alone() {
         .unwrap();
     assert_eq!(rows, 1 + 10 * 15 * 2, "the bad appends wrote nothing");
 }
+
+/// Waits until some backend of this database waits for a lock (a row insert blocked on another
+/// transaction's uncommitted index entry).
+async fn until_a_backend_waits_for_a_lock(db: &TestDatabase) {
+    for _ in 0..1_000 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no backend ever waited for a lock");
+}
+
+/// A store with one committer, kept busy by an append that waits for an outside transaction:
+/// everything queued meanwhile forms the next group, deterministically.
+struct BusyCommitter {
+    store: Arc<PgEventStore>,
+    blocker: sqlx::Transaction<'static, sqlx::Postgres>,
+    blocked: tokio::task::JoinHandle<Result<AppendResult, StoreError>>,
+}
+
+impl BusyCommitter {
+    async fn start(db: &TestDatabase) -> Self {
+        let store = Arc::new(
+            PgEventStore::new(db.pool.clone()).with_group_commit(GroupCommit {
+                max_appends: 64,
+                committers: 1,
+            }),
+        );
+        let mut blocker = db.pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO es_events (event_id, stream_id, stream_version, event_type,
+                 schema_version, payload, metadata)
+             VALUES (gen_random_uuid(), 'blocker', 1, 'Happened', 1, '{}', '{}')",
+        )
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+        let blocked = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .append(
+                        &stream("blocker"),
+                        ExpectedVersion::NoStream,
+                        vec![event(0)],
+                    )
+                    .await
+            }
+        });
+        until_a_backend_waits_for_a_lock(db).await;
+        Self {
+            store,
+            blocker,
+            blocked,
+        }
+    }
+
+    /// Queues an append (it waits for the group).
+    fn queue(
+        &self,
+        s: &str,
+        expected: ExpectedVersion,
+        events: usize,
+    ) -> tokio::task::JoinHandle<Result<AppendResult, StoreError>> {
+        let (store, s) = (self.store.clone(), stream(s));
+        tokio::spawn(async move {
+            let batch = (0..events).map(event).collect();
+            store.append(&s, expected, batch).await
+        })
+    }
+
+    /// Lets the committer go: the blocked append finds "blocker" free and commits alone, then
+    /// the queue forms one group.
+    async fn release(self) {
+        // Let the queued tasks reach the queue first.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.blocker.rollback().await.unwrap();
+        self.blocked.await.unwrap().unwrap();
+    }
+}
+
+async fn seed(db: &TestDatabase, streams: &[&str]) {
+    let store = PgEventStore::new(db.pool.clone());
+    for s in streams {
+        store
+            .append(&stream(s), ExpectedVersion::NoStream, vec![event(0)])
+            .await
+            .unwrap();
+    }
+}
+
+async fn versions(db: &TestDatabase, s: &str) -> Vec<i64> {
+    sqlx::query_scalar("SELECT stream_version FROM es_events WHERE stream_id = $1 ORDER BY 1")
+        .bind(s)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// In one group: good appends, one ahead of its stream, one behind. The statement itself must
+/// refuse the two (nothing else would: the one ahead breaks no index).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_checks_every_append_against_its_own_version() {
+    let db = TestDatabase::with_max_connections(20).await;
+    seed(&db, &["a", "ahead", "behind", "d"]).await;
+    let busy = BusyCommitter::start(&db).await;
+    let good = busy.queue("a", ExpectedVersion::Exact(StreamVersion(1)), 1);
+    let ahead = busy.queue("ahead", ExpectedVersion::Exact(StreamVersion(5)), 2);
+    let behind = busy.queue("behind", ExpectedVersion::NoStream, 1);
+    let multi = busy.queue("d", ExpectedVersion::Exact(StreamVersion(1)), 3);
+    let fresh = busy.queue("e", ExpectedVersion::NoStream, 2);
+    busy.release().await;
+    assert_eq!(
+        good.await.unwrap().unwrap().stream_version,
+        StreamVersion(2)
+    );
+    assert_eq!(
+        multi.await.unwrap().unwrap().stream_version,
+        StreamVersion(4)
+    );
+    assert_eq!(
+        fresh.await.unwrap().unwrap().stream_version,
+        StreamVersion(2)
+    );
+    for refused in [ahead, behind] {
+        match refused.await.unwrap() {
+            Err(StoreError::Conflict { actual, .. }) => {
+                assert_eq!(actual, Some(StreamVersion(1)))
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+    assert_eq!(versions(&db, "ahead").await, vec![1]);
+    assert_eq!(versions(&db, "behind").await, vec![1]);
+    // The three good appends were one group: one transaction.
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT transaction_id) FROM es_events
+         WHERE (stream_id IN ('a', 'd') AND stream_version > 1) OR stream_id = 'e'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(transactions, 1);
+}
+
+/// A group whose statement waits for an outside writer's uncommitted next version of one of
+/// its streams: when that writer commits, the statement fails, and the group is appended one
+/// by one: that stream's append is a conflict, the others are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_race_in_a_group_falls_back_to_one_by_one() {
+    let db = TestDatabase::with_max_connections(20).await;
+    seed(&db, &["raced", "other"]).await;
+    let busy = BusyCommitter::start(&db).await;
+    let raced = busy.queue("raced", ExpectedVersion::Exact(StreamVersion(1)), 1);
+    let other = busy.queue("other", ExpectedVersion::Exact(StreamVersion(1)), 2);
+    // The outside writer takes raced's version 2 without committing yet.
+    let mut outside = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO es_events (event_id, stream_id, stream_version, event_type,
+             schema_version, payload, metadata)
+         VALUES (gen_random_uuid(), 'raced', 2, 'Happened', 1, '{}', '{}')",
+    )
+    .execute(&mut *outside)
+    .await
+    .unwrap();
+    busy.release().await;
+    // The group's statement now waits for the outside writer's index entry.
+    until_a_backend_waits_for_a_lock(&db).await;
+    outside.commit().await.unwrap();
+    match raced.await.unwrap() {
+        Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, Some(StreamVersion(2))),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        other.await.unwrap().unwrap().stream_version,
+        StreamVersion(3)
+    );
+    assert_eq!(versions(&db, "raced").await, vec![1, 2]);
+    assert_eq!(versions(&db, "other").await, vec![1, 2, 3]);
+}
