@@ -378,6 +378,41 @@ async fn storage(systems: &Systems) -> Result<Vec<(System, String, i64, f64)>, B
     Ok(out)
 }
 
+/// The issue's targets for this comparison, with their verdicts.
+fn targets(writes: &[(usize, [Rates; 5])], loads: &[Rates; 5]) -> String {
+    let verdict = |value: f64, target: f64| {
+        if value >= target {
+            format!("**met** ({value:.2}× against {target:.2}×)")
+        } else {
+            format!("**missed** ({value:.2}× against {target:.2}×)")
+        }
+    };
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let mut out = String::new();
+    if let Some((writers, rates)) = writes.iter().max_by_key(|(w, _)| *w) {
+        let cqrs = rates[index(System::CqrsEs)].median();
+        let _ = writeln!(
+            out,
+            "**Target:** the command path with {writers} writers on distinct deals at least 2× \
+             cqrs-es: ours + cache {}; ours + cache + group commit {}.\n",
+            verdict(ratio(rates[index(System::OursCached)].median(), cqrs), 2.0),
+            verdict(ratio(rates[index(System::OursGrouped)].median(), cqrs), 2.0),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "**Target:** loading every aggregate at least 0.9× raw reading of the same rows: {}.\n",
+        verdict(
+            ratio(
+                loads[index(System::Ours)].median(),
+                loads[index(System::Raw)].median()
+            ),
+            0.9
+        ),
+    );
+    out
+}
+
 fn report(
     args: &Args,
     writes: &[(usize, [Rates; 5])],
@@ -415,6 +450,7 @@ fn report(
          ratios, not single figures.\n",
         args.repetitions, args.load_repetitions
     );
+    let _ = writeln!(out, "{}", targets(writes, loads));
     let _ = writeln!(out, "### Command path (commands/s)\n");
     let _ = writeln!(
         out,

@@ -442,7 +442,6 @@ async fn measure(pool: PgPool, args: &Args) -> Result<(String, String), BenchErr
 }
 
 fn section(args: &Args, cases: &[Case]) -> String {
-    let every = args.snapshot_every;
     let mut medians = Table::new(&[
         ">events in stream",
         ">raw SQL",
@@ -484,6 +483,60 @@ fn section(args: &Args, cases: &[Case]) -> String {
         ]);
     }
     let repetitions = cases.first().map_or(0, |c| c.samples[0].len());
+    format!("{}\n\n{}", intro(args, repetitions), target(cases))
+        + &format!(
+            "\n{medians}\n\
+         Spread of the same measurements (10th to 90th percentile):\n\
+         \n\
+         {spread}\n\
+         ![Aggregate load time against stream length]({svg_name})\n",
+            medians = medians.to_markdown(),
+            spread = spread.to_markdown(),
+            svg_name = args
+                .svg
+                .file_name()
+                .map_or("benchmarks-load.svg".into(), |n| n
+                    .to_string_lossy()
+                    .into_owned()),
+        )
+}
+
+/// The snapshot target: a 10,000-event stream with a snapshot every 100 loads in at most twice
+/// the time of a full replay of a 100-event stream.
+fn target(cases: &[Case]) -> String {
+    let median = |events: u64, method: usize| {
+        cases
+            .iter()
+            .find(|c| c.events == events)
+            .map(|c| c.samples[method].median())
+    };
+    match (median(10_000, 3), median(100, 2)) {
+        (Some(long), Some(short)) => {
+            let best = ratio(long, short);
+            let worst = median(10_099, 3)
+                .map(|w| {
+                    format!(
+                        " (the 10,099-event stream, its snapshot 99 events behind: {})",
+                        times(ratio(w, short))
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "**Target:** a 10,000-event stream with a snapshot every 100 loads in at most 2× \
+                 the full replay of a 100-event stream: {}{worst}.\n",
+                if best <= 2.0 {
+                    format!("**met** ({best:.2}× against 2.00×)")
+                } else {
+                    format!("**missed** ({best:.2}× against 2.00×)")
+                }
+            )
+        }
+        _ => "**Target** (10,000 against 100 events): not measured at this scale.\n".into(),
+    }
+}
+
+fn intro(args: &Args, repetitions: usize) -> String {
+    let every = args.snapshot_every;
     format!(
         "## Aggregate load time against stream length (`es-bench load`)\n\
          \n\
@@ -501,22 +554,8 @@ fn section(args: &Args, cases: &[Case]) -> String {
          the **repository with snapshots** (the snapshot row, then the \
          events after it). All four must give the same state or the run fails. \
          {repetitions} measured repetitions after {warmup} warm-up rounds; medians, one \
-         connection at a time, client and server on the same machine.\n\
-         \n\
-         {medians}\n\
-         Spread of the same measurements (10th to 90th percentile):\n\
-         \n\
-         {spread}\n\
-         ![Aggregate load time against stream length]({svg_name})\n",
-        svg_name = args
-            .svg
-            .file_name()
-            .map_or("benchmarks-load.svg".into(), |n| n
-                .to_string_lossy()
-                .into_owned()),
+         connection at a time, client and server on the same machine.",
         less = every - 1,
         warmup = args.warmup,
-        medians = medians.to_markdown(),
-        spread = spread.to_markdown(),
     )
 }
