@@ -61,8 +61,8 @@ struct Args {
     /// Repetitions of every command-path measurement.
     #[arg(long, default_value_t = 3)]
     repetitions: usize,
-    /// Repetitions of every load measurement.
-    #[arg(long, default_value_t = 5)]
+    /// Repetitions of every load measurement (each is short: medians need many).
+    #[arg(long, default_value_t = 15)]
     load_repetitions: usize,
     /// Tasks loading aggregates.
     #[arg(long, default_value_t = 8)]
