@@ -516,7 +516,7 @@ fn target(cases: &[Case]) -> String {
             let worst = median(10_099, 3)
                 .map(|w| {
                     format!(
-                        " (the 10,099-event stream, its snapshot 99 events behind: {})",
+                        "; the 10,099-event stream, its snapshot 99 events behind: {}",
                         times(ratio(w, short))
                     )
                 })
