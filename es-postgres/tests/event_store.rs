@@ -2,38 +2,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
+mod common;
 
+use std::sync::Arc;
+
+use common::{event, stream};
 use es_core::{
-    conformance, EventData, EventStore, ExpectedVersion, GlobalPosition, StoreError, StreamId,
-    StreamVersion,
+    conformance, EventData, EventStore, ExpectedVersion, GlobalPosition, StoreError, StreamVersion,
 };
 use es_postgres::testing::TestDatabase;
 use es_postgres::{PgEventStore, NOTIFY_CHANNEL};
 use serde_json::json;
 
-fn stream(name: &str) -> StreamId {
-    StreamId::new(name).unwrap()
-}
-
-fn event(i: usize) -> EventData {
-    EventData::raw("Happened", 1, json!({ "i": i }))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_store_conforms() {
-    let databases = Arc::new(Mutex::new(Vec::new()));
-    let keep = databases.clone();
-    conformance::run_all(move || {
-        let keep = keep.clone();
-        async move {
-            let db = TestDatabase::with_max_connections(40).await;
-            let store = PgEventStore::new(db.pool.clone());
-            keep.lock().unwrap().push(db);
-            store
-        }
-    })
-    .await;
+    common::conforms(PgEventStore::new).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,25 +4,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use es_core::{
-    conformance, AppendResult, EventData, EventStore, ExpectedVersion, StoreError, StreamId,
-    StreamVersion,
-};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::{event, stream};
+use es_core::{AppendResult, EventStore, ExpectedVersion, StoreError, StreamId, StreamVersion};
 use es_postgres::testing::TestDatabase;
 use es_postgres::{GroupCommit, PgEventStore};
-use serde_json::json;
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
-
-fn stream(name: &str) -> StreamId {
-    StreamId::new(name).unwrap()
-}
-
-fn event(i: usize) -> EventData {
-    EventData::raw("Happened", 1, json!({ "i": i }))
-}
 
 fn grouped(db: &TestDatabase) -> Arc<PgEventStore> {
     Arc::new(PgEventStore::new(db.pool.clone()).with_group_commit(GroupCommit::default()))
@@ -30,19 +22,11 @@ fn grouped(db: &TestDatabase) -> Arc<PgEventStore> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_grouping_store_conforms() {
-    let databases = Arc::new(Mutex::new(Vec::new()));
-    let keep = databases.clone();
-    conformance::run_all(move || {
-        let keep = keep.clone();
-        async move {
-            let db = TestDatabase::with_max_connections(40).await;
-            let store = PgEventStore::new(db.pool.clone()).with_group_commit(GroupCommit {
-                max_appends: 8,
-                committers: 2,
-            });
-            keep.lock().unwrap().push(db);
-            store
-        }
+    common::conforms(|pool| {
+        PgEventStore::new(pool).with_group_commit(GroupCommit {
+            max_appends: 8,
+            committers: 2,
+        })
     })
     .await;
 }
@@ -247,89 +231,99 @@ async fn a_bad_append_fails_alone() {
     assert_eq!(rows, 1 + 10 * 15 * 2, "the bad appends wrote nothing");
 }
 
-/// Waits until some backend of this database waits for a lock (a row insert blocked on another
-/// transaction's uncommitted index entry).
-async fn until_a_backend_waits_for_a_lock(db: &TestDatabase) {
+/// An outside writer's uncommitted event at (`s`, `version`), and its backend's pid: a group
+/// inserting that row waits for this transaction to end.
+async fn hold(db: &TestDatabase, s: &str, version: i64) -> (Transaction<'static, Postgres>, i32) {
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO es_events (event_id, stream_id, stream_version, event_type,
+             schema_version, payload, metadata)
+         VALUES (gen_random_uuid(), $1, $2, 'Happened', 1, '{}', '{}')",
+    )
+    .bind(s)
+    .bind(version)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    (tx, pid)
+}
+
+/// Waits until `n` backends of this database are blocked by the transactions of `pids`.
+async fn until_blocked_by(db: &TestDatabase, pids: &[i32], n: i64) {
     for _ in 0..1_000 {
-        let waiting: i64 = sqlx::query_scalar(
+        let blocked: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+             WHERE datname = current_database() AND pg_blocking_pids(pid) && $1",
         )
+        .bind(pids)
         .fetch_one(&db.pool)
         .await
         .unwrap();
-        if waiting > 0 {
+        if blocked >= n {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    panic!("no backend ever waited for a lock");
+    panic!("{n} backends never waited for {pids:?}");
 }
 
 /// A store with one committer, kept busy by an append that waits for an outside transaction:
 /// everything queued meanwhile forms the next group, deterministically.
 struct BusyCommitter {
     store: Arc<PgEventStore>,
-    blocker: sqlx::Transaction<'static, sqlx::Postgres>,
+    blocker: Transaction<'static, Postgres>,
     blocked: tokio::task::JoinHandle<Result<AppendResult, StoreError>>,
 }
 
 impl BusyCommitter {
-    async fn start(db: &TestDatabase) -> Self {
+    /// Keeps a new store's committer busy on an append to `blocker`.
+    async fn start(db: &TestDatabase, blocker: &str) -> Self {
         let store = Arc::new(
             PgEventStore::new(db.pool.clone()).with_group_commit(GroupCommit {
                 max_appends: 64,
                 committers: 1,
             }),
         );
-        let mut blocker = db.pool.begin().await.unwrap();
-        sqlx::query(
-            "INSERT INTO es_events (event_id, stream_id, stream_version, event_type,
-                 schema_version, payload, metadata)
-             VALUES (gen_random_uuid(), 'blocker', 1, 'Happened', 1, '{}', '{}')",
-        )
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+        let (tx, pid) = hold(db, blocker, 1).await;
         let blocked = tokio::spawn({
-            let store = store.clone();
+            let (store, blocker) = (store.clone(), stream(blocker));
             async move {
                 store
-                    .append(
-                        &stream("blocker"),
-                        ExpectedVersion::NoStream,
-                        vec![event(0)],
-                    )
+                    .append(&blocker, ExpectedVersion::NoStream, vec![event(0)])
                     .await
             }
         });
-        until_a_backend_waits_for_a_lock(db).await;
+        until_blocked_by(db, &[pid], 1).await;
         Self {
             store,
-            blocker,
+            blocker: tx,
             blocked,
         }
     }
 
-    /// Queues an append (it waits for the group).
-    fn queue(
+    /// Queues an append (it waits for the group). Queued one after the other, with a pause, so
+    /// that the queue's order is the calls' order.
+    async fn queue(
         &self,
         s: &str,
         expected: ExpectedVersion,
         events: usize,
     ) -> tokio::task::JoinHandle<Result<AppendResult, StoreError>> {
         let (store, s) = (self.store.clone(), stream(s));
-        tokio::spawn(async move {
+        let queued = tokio::spawn(async move {
             let batch = (0..events).map(event).collect();
             store.append(&s, expected, batch).await
-        })
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        queued
     }
 
-    /// Lets the committer go: the blocked append finds "blocker" free and commits alone, then
-    /// the queue forms one group.
+    /// Lets the committer go: the blocked append commits alone, then the queue forms one group.
     async fn release(self) {
-        // Let the queued tasks reach the queue first.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         self.blocker.rollback().await.unwrap();
         self.blocked.await.unwrap().unwrap();
     }
@@ -359,12 +353,18 @@ async fn versions(db: &TestDatabase, s: &str) -> Vec<i64> {
 async fn a_group_checks_every_append_against_its_own_version() {
     let db = TestDatabase::with_max_connections(20).await;
     seed(&db, &["a", "ahead", "behind", "d"]).await;
-    let busy = BusyCommitter::start(&db).await;
-    let good = busy.queue("a", ExpectedVersion::Exact(StreamVersion(1)), 1);
-    let ahead = busy.queue("ahead", ExpectedVersion::Exact(StreamVersion(5)), 2);
-    let behind = busy.queue("behind", ExpectedVersion::NoStream, 1);
-    let multi = busy.queue("d", ExpectedVersion::Exact(StreamVersion(1)), 3);
-    let fresh = busy.queue("e", ExpectedVersion::NoStream, 2);
+    let busy = BusyCommitter::start(&db, "blocker").await;
+    let good = busy
+        .queue("a", ExpectedVersion::Exact(StreamVersion(1)), 1)
+        .await;
+    let ahead = busy
+        .queue("ahead", ExpectedVersion::Exact(StreamVersion(5)), 2)
+        .await;
+    let behind = busy.queue("behind", ExpectedVersion::NoStream, 1).await;
+    let multi = busy
+        .queue("d", ExpectedVersion::Exact(StreamVersion(1)), 3)
+        .await;
+    let fresh = busy.queue("e", ExpectedVersion::NoStream, 2).await;
     busy.release().await;
     assert_eq!(
         good.await.unwrap().unwrap().stream_version,
@@ -406,22 +406,18 @@ async fn a_group_checks_every_append_against_its_own_version() {
 async fn a_version_race_in_a_group_falls_back_to_one_by_one() {
     let db = TestDatabase::with_max_connections(20).await;
     seed(&db, &["raced", "other"]).await;
-    let busy = BusyCommitter::start(&db).await;
-    let raced = busy.queue("raced", ExpectedVersion::Exact(StreamVersion(1)), 1);
-    let other = busy.queue("other", ExpectedVersion::Exact(StreamVersion(1)), 2);
+    let busy = BusyCommitter::start(&db, "blocker").await;
+    let raced = busy
+        .queue("raced", ExpectedVersion::Exact(StreamVersion(1)), 1)
+        .await;
+    let other = busy
+        .queue("other", ExpectedVersion::Exact(StreamVersion(1)), 2)
+        .await;
     // The outside writer takes raced's version 2 without committing yet.
-    let mut outside = db.pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO es_events (event_id, stream_id, stream_version, event_type,
-             schema_version, payload, metadata)
-         VALUES (gen_random_uuid(), 'raced', 2, 'Happened', 1, '{}', '{}')",
-    )
-    .execute(&mut *outside)
-    .await
-    .unwrap();
+    let (outside, pid) = hold(&db, "raced", 2).await;
     busy.release().await;
     // The group's statement now waits for the outside writer's index entry.
-    until_a_backend_waits_for_a_lock(&db).await;
+    until_blocked_by(&db, &[pid], 1).await;
     outside.commit().await.unwrap();
     match raced.await.unwrap() {
         Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, Some(StreamVersion(2))),
@@ -433,4 +429,82 @@ async fn a_version_race_in_a_group_falls_back_to_one_by_one() {
     );
     assert_eq!(versions(&db, "raced").await, vec![1, 2]);
     assert_eq!(versions(&db, "other").await, vec![1, 2, 3]);
+}
+
+/// Two groups (two stores, as in two processes) append to the same two streams, queued in
+/// opposite orders. Were rows inserted in queue order, this would deadlock for sure: each group
+/// is held after its first contended row (a, then b) until the other has taken its own, and
+/// then each waits for the other's. Inserted in stream order, one group waits for the other and
+/// then falls back: no deadlock, one group's appends win both streams, the other's conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_racing_on_the_same_streams_never_deadlock() {
+    let db = TestDatabase::with_max_connections(30).await;
+    seed(&db, &["a", "b"]).await;
+    let busy = [
+        BusyCommitter::start(&db, "blocker-1").await,
+        BusyCommitter::start(&db, "blocker-2").await,
+    ];
+    // Gates sort before "a" and "b"; holds sort between the gates and "a".
+    let (gate1, g1) = hold(&db, "0-gate-1", 1).await;
+    let (gate2, g2) = hold(&db, "0-gate-2", 1).await;
+    let (hold1, h1) = hold(&db, "1-hold-1", 1).await;
+    let (hold2, h2) = hold(&db, "1-hold-2", 1).await;
+    let one = ExpectedVersion::Exact(StreamVersion(1));
+    let mut appends = Vec::new();
+    for (store, order) in busy.iter().zip([
+        ["0-gate-1", "a", "1-hold-1", "b"],
+        ["0-gate-2", "b", "1-hold-2", "a"],
+    ]) {
+        for s in order {
+            let expected = if s.len() > 1 {
+                ExpectedVersion::NoStream
+            } else {
+                one
+            };
+            appends.push((store.store.clone(), s, store.queue(s, expected, 1).await));
+        }
+    }
+    for store in busy {
+        store.release().await;
+    }
+    // Both groups wait at their gate; then (stream order) at their hold, or (queue order)
+    // after taking a and b respectively.
+    until_blocked_by(&db, &[g1, g2], 2).await;
+    let _ = tokio::join!(gate1.rollback(), gate2.rollback());
+    until_blocked_by(&db, &[h1, h2], 2).await;
+    let _ = tokio::join!(hold1.rollback(), hold2.rollback());
+    let mut winners: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (store, s, append) in appends {
+        match append.await.unwrap() {
+            Ok(_) => winners
+                .entry(s)
+                .or_default()
+                .push(Arc::as_ptr(&store) as usize),
+            Err(StoreError::Conflict { .. }) if s.len() == 1 => {}
+            Err(other) => panic!("{s}: {other:?}"),
+        }
+    }
+    assert_eq!(winners["a"].len(), 1);
+    assert_eq!(winners["a"], winners["b"], "one group won both streams");
+    assert_eq!(versions(&db, "a").await, vec![1, 2]);
+    assert_eq!(versions(&db, "b").await, vec![1, 2]);
+    // Deadlocks are counted per database; a backend reports its counts at the latest when it
+    // exits, so close every connection first, then read the count (allowing for the report).
+    let url = db.url.clone();
+    db.pool.close().await;
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    for _ in 0..20 {
+        let deadlocks: i64 = sqlx::query_scalar(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(deadlocks, 0, "the two groups deadlocked");
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
