@@ -1,25 +1,84 @@
 //! Reading the global log without ever skipping an event, even when transactions commit in a
 //! different order than their positions.
 //!
-//! Guarantee: a reader that starts from a [`LogCursor`] and follows the cursors returned by
+//! **Guarantee.** A reader that starts from a [`LogCursor`] and follows the cursors returned by
 //! [`read_batch`] receives every committed event exactly once, never an uncommitted or
-//! rolled-back one, and each stream's events in version order. It takes no lock and never waits
-//! for a timeout to pass over a gap.
+//! rolled-back one, and each stream's events in version order. It takes no lock, never waits for
+//! a timeout to pass over a gap, and events committed after a long-running transaction are
+//! delivered at once, without waiting for it to end.
 //!
-//! How: positions come from an identity column and are taken before commit, so a higher position
-//! can become visible before a lower one. The cursor keeps a watermark (the highest position
-//! read) and the *holes* below it: positions not visible when the watermark passed them. Each
-//! hole remembers the snapshot's `xmax` at the time it was found. Every later batch asks again
-//! for rows in the holes (delivering those that committed since), and forgets a hole only when a
-//! later snapshot's `xmin` has reached that `xmax`: then every transaction that could have taken
-//! the position has ended, so a row still invisible was rolled back (or the position was burned).
-//! Premise: a writer's transaction id is assigned before its rows take positions (`es_events`
-//! declares `transaction_id DEFAULT pg_current_xact_id()` before `global_position`).
+//! **How.** Positions come from an identity column and are taken before commit, so a higher
+//! position can become visible before a lower one. The cursor keeps a *watermark* (the highest
+//! position read) and the *holes* below it: positions that were not visible when the watermark
+//! passed them. Every batch asks again for rows in the holes, in the same statement and snapshot
+//! as the new rows, and delivers those that committed since. Each hole carries a *bound*: a
+//! transaction id assigned *after* the snapshot in which the hole was found (the reader's own,
+//! obtained right after that read, `sql/hole_bound.sql`). A hole is forgotten only when a later
+//! batch's snapshot has `xmin > bound`.
 //!
-//! Cost: a long-running transaction elsewhere does not hold later events back; it only keeps
-//! its hole (and those of transactions started after it that have not yet been pruned) in the
-//! cursor until it ends. Per-stream order holds because a stream's next event cannot commit
-//! before its previous one (the unique index on (stream_id, stream_version) makes it wait).
+//! **Why that loses nothing.** Say position `p` is a hole first seen in snapshot `S`, because a
+//! higher position `q` was visible in `S`, and let `T` be the transaction that took `p`.
+//! 1. `p` was taken before `q`: the identity's sequence hands out values in increasing order
+//!    (`nextval_internal` in `sequence.c`, under the sequence's buffer lock; `CACHE 1`, so no
+//!    backend holds a private range of values).
+//! 2. `q` was taken before `S`: `q` is visible in `S`, so its transaction committed before `S`.
+//! 3. `T` had its transaction id before it took `p`. *Premise*, held by the schema: `es_events`
+//!    declares `transaction_id DEFAULT pg_current_xact_id()` before `global_position`, and
+//!    PostgreSQL evaluates an INSERT's column defaults in attribute order (`rewriteTargetListIU`
+//!    in `rewriteHandler.c` and `expand_insert_targetlist` in `preptlist.c` build the target
+//!    list in attribute order; `ExecBuildProjectionInfo` in `execExpr.c` evaluates it in list
+//!    order). `pg_current_xact_id()` returns, assigning it if needed, the *top-level* id
+//!    (`GetTopFullTransactionId`), also inside a savepoint. A test checks the column order.
+//! 4. The bound was assigned after `S`; ids are handed out in increasing order under
+//!    `XidGenLock` (`GetNewTransactionId` in `varsup.c`). By 1–3, `T`'s id was assigned before
+//!    `S`, so `T < bound`.
+//! 5. In a later snapshot `S'`, `xmin` is the oldest id still running (`GetSnapshotData` in
+//!    `procarray.c`: the minimum over the ids in the proc array of the *whole cluster*, prepared
+//!    transactions included, or `xmax` when none runs). If `xmin > bound > T`, then `T` was not
+//!    running at `S'`: it had committed (and is visible in `S'`: a transaction is marked
+//!    committed in the commit log before it leaves the proc array, `RecordTransactionCommit`
+//!    then `ProcArrayEndTransaction`) or it had aborted. The same statement asked for every
+//!    visible row in the hole, so a committed row at `p` is delivered in that batch; a row still
+//!    invisible was rolled back and never will be visible. Forgetting the hole loses nothing.
+//!
+//! **The bound is not the snapshot's `xmax`.** PostgreSQL sets `xmax` to `latestCompletedXid +
+//! 1`, not to the next id to be assigned: a transaction still running can hold an id at or above
+//! `xmax`, is then absent from `xip`, and does not lower `xmin`. Three sessions lose an event
+//! with that bound (A inserts, B inserts, A inserts again and commits, the reader reads twice,
+//! B commits): `es-postgres/tests/log_reader_interleavings.rs` builds that case and explores every
+//! interleaving of a few writers and the reader.
+//!
+//! **The cases the proof has to survive.**
+//! - *Savepoints.* A row written in a subtransaction carries a subtransaction id, but the
+//!   subtransaction's parent id is assigned first (`AssignTransactionId` in `xact.c`), the row's
+//!   `transaction_id` is the top-level id, and `xmin` counts top-level ids: a hole owned by a
+//!   running subtransaction is held by its top-level transaction. A row rolled back to a
+//!   savepoint stays invisible and its hole is forgotten once the top-level transaction ends.
+//! - *Prepared transactions* (two-phase commit) stay in the proc array until `COMMIT PREPARED` or
+//!   `ROLLBACK PREPARED`, across restarts: their holes are held as long as they are (a forgotten
+//!   prepared transaction holds holes, never events of others; `status` shows it).
+//! - *A writer that took its id long before its append* is running all that time: its id is
+//!   older than the hole's bound and holds `xmin` below it.
+//! - *A reader whose transaction already holds an id* (it wrote, or locked a row, before
+//!   reading) cannot obtain a newer one: its holes get no bound yet (`bound: None`) and are kept;
+//!   the next read in a transaction without an id bounds them (any id assigned later is a sound
+//!   bound too). `read_batch` checks this itself, in the read's own statement
+//!   (`pg_current_xact_id_if_assigned()`).
+//! - *Positions burned* by a failed insert or a rolled-back transaction are holes that never fill:
+//!   forgotten once `xmin` passes their bound.
+//! - The reader must run on a primary: a standby cannot assign transaction ids.
+//!
+//! **Per-stream order.** A stream's next event cannot commit before its previous one: the writer
+//! must see the previous version to append after it, and the unique index on
+//! `(stream_id, stream_version)` makes a writer that expected an older version wait and fail. So
+//! a stream's later event has a later position, and a batch delivers events found in holes (older
+//! positions) before new ones.
+//!
+//! **Cost.** No writer waits and readers take no lock. A batch that finds new holes runs one more
+//! statement (the bound) and gives the reader's transaction an id (a worker's transaction gets
+//! one anyway when it writes its checkpoint). A long-running transaction anywhere in the cluster
+//! does not hold later events back; it keeps the holes found while it runs in the cursor until it
+//! ends, and their positions are asked for again in every batch.
 
 use es_core::{GlobalPosition, RecordedEvent, StoreError};
 use serde::{Deserialize, Serialize};
@@ -29,17 +88,21 @@ use crate::error::storage;
 use crate::row::recorded_event_at;
 
 const READ_LOG: &str = include_str!("sql/read_log.sql");
+const HOLE_BOUND: &str = include_str!("sql/hole_bound.sql");
 
 /// A range of positions below the watermark that was not visible when it was passed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Hole {
     /// First position of the range.
     pub start: i64,
     /// Last position of the range (inclusive).
     pub end: i64,
-    /// The `xmax` of the snapshot in which the hole was found: once a snapshot's `xmin` reaches
-    /// it, no transaction that could fill the hole is still running.
-    pub xmax: i64,
+    /// A transaction id assigned after the snapshot in which the hole was found, so greater than
+    /// the id of any transaction that could fill it. Once a snapshot's `xmin` is above it, every
+    /// such transaction has ended. `None` until the reader could obtain such an id (see the
+    /// module docs): such a hole is never forgotten.
+    pub bound: Option<i64>,
 }
 
 /// Where a reader stands in the global log.
@@ -70,9 +133,10 @@ impl LogCursor {
 /// The transaction horizon of a batch's snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Horizon {
-    /// The oldest transaction id still running when the snapshot was taken.
+    /// The oldest transaction id still running when the snapshot was taken (cluster-wide).
     pub xmin: i64,
-    /// The first transaction id not yet assigned when the snapshot was taken.
+    /// One past the latest *completed* transaction id when the snapshot was taken. Not the next
+    /// id to be assigned: a running transaction may hold an id at or above it.
     pub xmax: i64,
 }
 
@@ -96,8 +160,13 @@ impl LogBatch {
 }
 
 /// Reads the next batch after `cursor`: up to `limit` new events above the watermark, plus every
-/// event that has become visible in a hole. Run it on the connection (or transaction) that will
-/// store the effects and the new cursor.
+/// event that has become visible in a hole.
+///
+/// Run it on the connection or transaction that will store the effects and the new cursor, or on
+/// any other: the log is append-only, so where a batch is read does not matter. Read before
+/// writing in the transaction: a transaction that already holds an id can still read, but the
+/// holes it finds are settled only by a later read (see the module docs). A batch that finds new
+/// holes gives the transaction an id.
 pub async fn read_batch(
     conn: &mut PgConnection,
     cursor: &LogCursor,
@@ -115,6 +184,7 @@ pub async fn read_batch(
         .map_err(|e| storage("reading the global log", e))?;
     let get = |e| storage("decoding the log horizon", e);
     let mut horizon = Horizon { xmin: 0, xmax: 0 };
+    let mut reader_has_xid = true;
     let mut filled = Vec::new();
     let mut fresh = Vec::new();
     for row in &rows {
@@ -122,10 +192,11 @@ pub async fn read_batch(
             xmin: row.try_get(0).map_err(get)?,
             xmax: row.try_get(1).map_err(get)?,
         };
+        reader_has_xid = row.try_get(2).map_err(get)?;
         // A NULL position is the horizon row of an empty batch (the LEFT JOIN found nothing).
-        let position: Option<i64> = row.try_get(2).map_err(get)?;
+        let position: Option<i64> = row.try_get(3).map_err(get)?;
         let Some(position) = position else { continue };
-        let event = recorded_event_at(row, 2)?;
+        let event = recorded_event_at(row, 3)?;
         if position > cursor.watermark.0 {
             fresh.push(event);
         } else {
@@ -134,7 +205,14 @@ pub async fn read_batch(
     }
     filled.sort_by_key(|e| e.global_position);
     fresh.sort_by_key(|e| e.global_position);
-    let next = advance(cursor, &filled, &fresh, horizon);
+    let mut next = advance(cursor, &filled, &fresh, horizon);
+    if !reader_has_xid && next.holes.iter().any(|h| h.bound.is_none()) {
+        let bound: i64 = sqlx::query_scalar(HOLE_BOUND)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| storage("bounding the log's holes", e))?;
+        bound_holes(&mut next, bound);
+    }
     filled.extend(fresh);
     Ok(LogBatch {
         events: filled,
@@ -143,8 +221,16 @@ pub async fn read_batch(
     })
 }
 
+/// Gives every unbounded hole the bound `xid`, an id assigned after the snapshots in which those
+/// holes were found.
+fn bound_holes(cursor: &mut LogCursor, xid: i64) {
+    for hole in cursor.holes.iter_mut().filter(|h| h.bound.is_none()) {
+        hole.bound = Some(xid);
+    }
+}
+
 /// The cursor after delivering `filled` (events found in holes) and `fresh` (events above the
-/// watermark, in position order), read at `horizon`.
+/// watermark, in position order), read at `horizon`. New holes have no bound yet.
 fn advance(
     cursor: &LogCursor,
     filled: &[RecordedEvent],
@@ -164,7 +250,7 @@ fn advance(
                 holes.push(Hole {
                     start,
                     end: event - 1,
-                    xmax: hole.xmax,
+                    bound: hole.bound,
                 });
             }
             start = event + 1;
@@ -173,12 +259,13 @@ fn advance(
             holes.push(Hole {
                 start,
                 end: hole.end,
-                xmax: hole.xmax,
+                bound: hole.bound,
             });
         }
     }
-    // Forget holes whose every possible writer has ended: invisible now means never.
-    holes.retain(|h| horizon.xmin < h.xmax);
+    // Forget holes whose every possible writer had ended before this snapshot: a row still
+    // invisible there was rolled back (step 5 of the module docs).
+    holes.retain(|h| h.bound.is_none_or(|bound| horizon.xmin <= bound));
     // New holes: the gaps between the old watermark and the fresh events.
     let mut watermark = cursor.watermark.0;
     for event in fresh {
@@ -187,7 +274,7 @@ fn advance(
             holes.push(Hole {
                 start: watermark + 1,
                 end: position - 1,
-                xmax: horizon.xmax,
+                bound: None,
             });
         }
         watermark = position;
@@ -217,64 +304,70 @@ mod tests {
         }
     }
 
+    fn hole(start: i64, end: i64, bound: Option<i64>) -> Hole {
+        Hole { start, end, bound }
+    }
+
     #[test]
     fn gaps_become_holes_and_fill_later() {
         let h = Horizon { xmin: 10, xmax: 20 };
-        let c = advance(&LogCursor::default(), &[], &[at(1), at(4), at(5), at(9)], h);
+        let mut c = advance(&LogCursor::default(), &[], &[at(1), at(4), at(5), at(9)], h);
         assert_eq!(c.watermark, GlobalPosition(9));
-        assert_eq!(
-            c.holes,
-            vec![
-                Hole {
-                    start: 2,
-                    end: 3,
-                    xmax: 20
-                },
-                Hole {
-                    start: 6,
-                    end: 8,
-                    xmax: 20
-                }
-            ]
-        );
+        assert_eq!(c.holes, vec![hole(2, 3, None), hole(6, 8, None)]);
         assert!(c.covers(GlobalPosition(4)) && !c.covers(GlobalPosition(7)));
-        // 7 commits; 2..3 and 6, 8 still pending while xmin < 20.
-        let c2 = advance(&c, &[at(7)], &[], Horizon { xmin: 15, xmax: 25 });
+        bound_holes(&mut c, 21);
+        // 7 commits; 2..3 and 6, 8 still pending while xmin <= 21.
+        let c2 = advance(&c, &[at(7)], &[], Horizon { xmin: 21, xmax: 25 });
         assert_eq!(
             c2.holes,
             vec![
-                Hole {
-                    start: 2,
-                    end: 3,
-                    xmax: 20
-                },
-                Hole {
-                    start: 6,
-                    end: 6,
-                    xmax: 20
-                },
-                Hole {
-                    start: 8,
-                    end: 8,
-                    xmax: 20
-                }
+                hole(2, 3, Some(21)),
+                hole(6, 6, Some(21)),
+                hole(8, 8, Some(21))
             ]
         );
         // Every transaction that could own them has ended: the holes are forgotten.
-        let c3 = advance(&c2, &[], &[at(10)], Horizon { xmin: 20, xmax: 30 });
+        let c3 = advance(&c2, &[], &[at(10)], Horizon { xmin: 22, xmax: 30 });
         assert_eq!(c3.holes, vec![]);
         assert_eq!(c3.watermark, GlobalPosition(10));
+    }
+
+    #[test]
+    fn unbounded_holes_are_never_forgotten() {
+        let c = advance(
+            &LogCursor::default(),
+            &[],
+            &[at(3)],
+            Horizon { xmin: 5, xmax: 5 },
+        );
+        let later = Horizon {
+            xmin: i64::MAX,
+            xmax: i64::MAX,
+        };
+        assert_eq!(advance(&c, &[], &[], later).holes, vec![hole(1, 2, None)]);
+    }
+
+    #[test]
+    fn only_unbounded_holes_take_a_new_bound() {
+        let mut c = LogCursor {
+            watermark: GlobalPosition(9),
+            holes: vec![hole(2, 2, Some(7)), hole(5, 6, None)],
+        };
+        bound_holes(&mut c, 40);
+        assert_eq!(c.holes, vec![hole(2, 2, Some(7)), hole(5, 6, Some(40))]);
+    }
+
+    #[test]
+    fn a_cursor_in_the_old_format_is_refused() {
+        let old = serde_json::json!({"start": 2, "end": 3, "xmax": 9});
+        assert!(serde_json::from_value::<Hole>(old).is_err());
     }
 
     #[test]
     fn cursor_round_trips_through_json() {
         let c = LogCursor {
             watermark: GlobalPosition(5),
-            holes: vec![Hole {
-                start: 2,
-                end: 3,
-                xmax: 9,
-            }],
+            holes: vec![hole(2, 3, Some(9)), hole(5, 5, None)],
         };
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(serde_json::from_value::<LogCursor>(json).unwrap(), c);

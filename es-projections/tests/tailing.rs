@@ -40,7 +40,8 @@ fn spawn_worker(
 }
 
 /// 16 writers, 20,000+ events in transactions that commit in random order with random delays,
-/// some rolled back, one held open for seconds, while a worker tails. Afterwards every
+/// some rolled back, some taking their transaction id well before their append, one held open
+/// for seconds, while a worker tails. Afterwards every
 /// committed event was applied exactly once, in stream order, and the read model equals a fold
 /// of the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -81,6 +82,14 @@ async fn out_of_order_commits_lose_nothing() {
                     if w % 2 == 0 {
                         // Raw transactions: take positions, wait, then commit or roll back.
                         let mut tx = pool.begin().await.unwrap();
+                        if w % 4 == 0 {
+                            // This writer takes its transaction id well before its append.
+                            sqlx::query("SELECT pg_current_xact_id()")
+                                .execute(&mut *tx)
+                                .await
+                                .unwrap();
+                            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                        }
                         for i in 0..events {
                             insert_raw(
                                 &mut tx,
@@ -306,4 +315,101 @@ async fn killed_workers_resume_from_their_checkpoint() {
     .unwrap();
     assert_eq!(differences, 0, "killed run equals clean run");
     eprintln!("killed the worker {kills} times");
+}
+
+/// The three-session case that lost an event with the old hole bound, against a running worker:
+/// A appends, B appends (a newer transaction, a higher position), A appends again and commits,
+/// the worker reads at least twice while B is open, B commits. With `third`, a transaction C
+/// takes an id between A's and B's and ends before B (the variant that defeats the old bound
+/// moved by one). B's event must be applied, and `wait_for` must not call it covered before.
+/// With the old bound both fail; the plain case only when the test runs alone (other tests'
+/// transactions in the same cluster move the horizon and can hide it), the variant always.
+async fn late_commit_reaches_the_worker(third: bool) {
+    let db = TestDatabase::create().await;
+    let (stop, handle) = spawn_worker(worker(&db, "three"));
+    let store = PgEventStore::new(db.pool.clone());
+    let covered = |position: i64| {
+        es_projections::wait_for(
+            &db.pool,
+            "audit",
+            es_core::GlobalPosition(position),
+            Duration::from_secs(30),
+        )
+    };
+    // The worker is up and idle (its start-up writes take ids too, which would hide the case).
+    let warm_up = store
+        .append(
+            &StreamId::new("warm-up").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![EventData::raw("Counted", 1, json!({"n": 1}))],
+        )
+        .await
+        .unwrap();
+    covered(warm_up.global_position.0).await.unwrap();
+    let mut a = db.pool.begin().await.unwrap();
+    let mut b = db.pool.begin().await.unwrap();
+    let mut c = db.pool.begin().await.unwrap();
+    insert_raw(&mut a, "a", 1, "Counted", json!({"n": 1})).await;
+    if third {
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+    }
+    let b_position = insert_raw(&mut b, "b", 1, "Counted", json!({"n": 1})).await;
+    let a_position = insert_raw(&mut a, "a", 2, "Counted", json!({"n": 1})).await;
+    a.commit().await.unwrap();
+    covered(a_position).await.unwrap();
+    c.commit().await.unwrap();
+    // Two more reads for certain: each append is waited for.
+    for i in 0..2 {
+        let appended = store
+            .append(
+                &StreamId::new(format!("after-{i}")).unwrap(),
+                ExpectedVersion::NoStream,
+                vec![EventData::raw("Counted", 1, json!({"n": 1}))],
+            )
+            .await
+            .unwrap();
+        covered(appended.global_position.0).await.unwrap();
+    }
+    let status = es_projections::status(&db.pool).await.unwrap();
+    assert_eq!(
+        status.projections[0].hole_positions, 1,
+        "B's position is held"
+    );
+    let cursor = sqlx::query_scalar::<_, i64>("SELECT watermark FROM es_projections")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(cursor > b_position);
+    let early = es_projections::wait_for(
+        &db.pool,
+        "audit",
+        es_core::GlobalPosition(b_position),
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(early.is_err(), "B's open position is not covered");
+    b.commit().await.unwrap();
+    covered(b_position).await.unwrap();
+    let _ = stop.send(());
+    handle.await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_applied WHERE position = $1")
+        .bind(b_position)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 1, "B's event was applied");
+    assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_applies_a_late_commit_below_its_watermark() {
+    late_commit_reaches_the_worker(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_applies_a_late_commit_with_a_third_transaction_in_between() {
+    late_commit_reaches_the_worker(true).await;
 }

@@ -86,6 +86,8 @@ start_postgres() {
     || { cat "$PG_PRIVATE_DIR/initdb.log" >&2; return 1; }
   local options="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$PG_PRIVATE_DIR"
   options="$options -c max_connections=400 -c shared_buffers=512MB -c max_wal_size=4GB"
+  # Two-phase commit is on so that tests can show a prepared transaction holds its holes.
+  options="$options -c max_prepared_transactions=20"
   if [ "$profile" = "test" ]; then
     options="$options -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
   fi

@@ -1,12 +1,15 @@
 -- One batch of the global log for a gap-aware reader, in ONE statement so that the snapshot
--- horizon returned and the rows returned come from the same snapshot.
+-- horizon returned and the rows returned come from the same snapshot (pg_current_snapshot()
+-- returns the statement's active snapshot).
 --   $1 watermark: return visible rows above it, in position order, at most $2 of them;
 --   $3, $4: the starts and ends of holes below the watermark: return any row now visible there.
--- The horizon row (xmin, xmax of the statement's snapshot) is always returned, with or without
--- events (LEFT JOIN).
+-- The horizon row is always returned, with or without events (LEFT JOIN): the snapshot's xmin
+-- and xmax, and whether the reader's transaction already held a transaction id when the
+-- statement began (then no id it can obtain afterwards is newer than this snapshot).
 WITH horizon AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
-           pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax,
+           pg_current_xact_id_if_assigned() IS NOT NULL AS reader_has_xid
 ), batch AS (
     (SELECT * FROM es_events WHERE global_position > $1 ORDER BY global_position LIMIT $2)
     UNION ALL
@@ -14,7 +17,7 @@ WITH horizon AS MATERIALIZED (
      JOIN unnest($3::bigint[], $4::bigint[]) AS h(first_position, last_position)
        ON e.global_position BETWEEN h.first_position AND h.last_position)
 )
-SELECT horizon.xmin, horizon.xmax,
+SELECT horizon.xmin, horizon.xmax, horizon.reader_has_xid,
        b.global_position, b.event_id, b.stream_id, b.stream_version, b.event_type,
        b.schema_version, b.payload, b.metadata, b.recorded_at
 FROM horizon LEFT JOIN batch b ON true
