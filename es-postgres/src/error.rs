@@ -18,7 +18,7 @@ pub fn is_stream_version_conflict(error: &sqlx::Error) -> bool {
 }
 
 /// Whether retrying the same call may succeed: lost connections, restarts, pool exhaustion,
-/// serialization failures and deadlocks.
+/// serialization failures, deadlocks, and lock or statement timeouts.
 pub fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
@@ -35,6 +35,8 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
                 || code == "57P02" // crash shutdown
                 || code == "57P03" // cannot connect now
                 || code == "53300" // too many connections
+                || code == "55P03" // lock not available (lock_timeout)
+                || code == "57014" // query canceled (statement_timeout)
         }),
         _ => false,
     }
@@ -47,4 +49,20 @@ pub fn storage(message: impl Into<String>, error: sqlx::Error) -> StoreError {
         transient: is_transient(&error),
         source: Box::new(error),
     }
+}
+
+/// Whether an error raised by user code (a projector's `apply`) is, or was caused by, a
+/// transient database error: walks the source chain looking for a sqlx error or a store error.
+pub fn is_transient_cause(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(sqlx) = e.downcast_ref::<sqlx::Error>() {
+            return is_transient(sqlx);
+        }
+        if let Some(store) = e.downcast_ref::<StoreError>() {
+            return store.is_transient();
+        }
+        current = e.source();
+    }
+    false
 }

@@ -39,8 +39,8 @@ pub mod store;
 pub mod testing;
 
 pub use group_commit::GroupCommit;
-pub use log_reader::{read_batch, Hole, Horizon, LogBatch, LogCursor};
-pub use notify::NOTIFY_CHANNEL;
+pub use log_reader::{log_head, read_batch, Hole, Horizon, LogBatch, LogCursor};
+pub use notify::{listen, NOTIFY_CHANNEL};
 pub use store::PgEventStore;
 
 /// The embedded migrations.

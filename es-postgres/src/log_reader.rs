@@ -67,12 +67,18 @@
 //! - *Positions burned* by a failed insert or a rolled-back transaction are holes that never fill:
 //!   forgotten once `xmin` passes their bound.
 //! - The reader must run on a primary: a standby cannot assign transaction ids.
+//! - Rows must take their position and transaction id from the column defaults, as every append
+//!   of `PgEventStore` does. An INSERT that supplies `transaction_id`, writes `global_position`
+//!   itself (`OVERRIDING SYSTEM VALUE`, `COPY` with positions), or a logical-replication
+//!   subscriber applying another server's rows, breaks the premise: the reader of such a copy
+//!   can skip events.
 //!
 //! **Per-stream order.** A stream's next event cannot commit before its previous one: the writer
 //! must see the previous version to append after it, and the unique index on
 //! `(stream_id, stream_version)` makes a writer that expected an older version wait and fail. So
 //! a stream's later event has a later position, and a batch delivers events found in holes (older
-//! positions) before new ones.
+//! positions) before new ones. Rows in holes are read `limit` at a time too; a batch that had to
+//! leave some behind delivers no new events and forgets no hole.
 //!
 //! **Cost.** No writer waits and readers take no lock. A batch that finds new holes runs one more
 //! statement (the bound) and gives the reader's transaction an id (a worker's transaction gets
@@ -89,6 +95,17 @@ use crate::row::recorded_event_at;
 
 const READ_LOG: &str = include_str!("sql/read_log.sql");
 const HOLE_BOUND: &str = include_str!("sql/hole_bound.sql");
+const LOG_HEAD: &str = include_str!("sql/log_head.sql");
+
+/// The head of the log: the highest position of an event visible now (0 for an empty log).
+/// Events may still commit below it (see the module docs): it is a progress mark, not a cursor.
+pub async fn log_head<'c>(conn: impl sqlx::PgExecutor<'c>) -> Result<GlobalPosition, StoreError> {
+    let head: i64 = sqlx::query_scalar(LOG_HEAD)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| storage("reading the head of the log", e))?;
+    Ok(GlobalPosition(head))
+}
 
 /// A range of positions below the watermark that was not visible when it was passed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,8 +176,8 @@ impl LogBatch {
     }
 }
 
-/// Reads the next batch after `cursor`: up to `limit` new events above the watermark, plus every
-/// event that has become visible in a hole.
+/// Reads the next batch after `cursor`: up to `limit` new events above the watermark, plus up to
+/// `limit` events that have become visible in holes (so at most twice `limit` in all).
 ///
 /// Run it on the connection or transaction that will store the effects and the new cursor, or on
 /// any other: the log is append-only, so where a batch is read does not matter. Read before
@@ -205,7 +222,14 @@ pub async fn read_batch(
     }
     filled.sort_by_key(|e| e.global_position);
     fresh.sort_by_key(|e| e.global_position);
-    let mut next = advance(cursor, &filled, &fresh, horizon);
+    // The holes' rows were cut at `limit`: some visible ones are perhaps left for the next
+    // batch. Then no hole is forgotten in this one, and no new event is delivered either: a
+    // stream's next event must not overtake its previous one left behind in a hole.
+    let settle = filled.len() < limit.max(1);
+    if !settle {
+        fresh.clear();
+    }
+    let mut next = advance(cursor, &filled, &fresh, horizon, settle);
     if !reader_has_xid && next.holes.iter().any(|h| h.bound.is_none()) {
         let bound: i64 = sqlx::query_scalar(HOLE_BOUND)
             .fetch_one(&mut *conn)
@@ -230,12 +254,14 @@ fn bound_holes(cursor: &mut LogCursor, xid: i64) {
 }
 
 /// The cursor after delivering `filled` (events found in holes) and `fresh` (events above the
-/// watermark, in position order), read at `horizon`. New holes have no bound yet.
+/// watermark, in position order), read at `horizon`. New holes have no bound yet. Holes are
+/// forgotten only when `settle` (every visible row in the holes was delivered).
 fn advance(
     cursor: &LogCursor,
     filled: &[RecordedEvent],
     fresh: &[RecordedEvent],
     horizon: Horizon,
+    settle: bool,
 ) -> LogCursor {
     // Remove the filled positions from the holes, splitting ranges as needed.
     let mut holes: Vec<Hole> = Vec::with_capacity(cursor.holes.len());
@@ -265,7 +291,9 @@ fn advance(
     }
     // Forget holes whose every possible writer had ended before this snapshot: a row still
     // invisible there was rolled back (step 5 of the module docs).
-    holes.retain(|h| h.bound.is_none_or(|bound| horizon.xmin <= bound));
+    if settle {
+        holes.retain(|h| h.bound.is_none_or(|bound| horizon.xmin <= bound));
+    }
     // New holes: the gaps between the old watermark and the fresh events.
     let mut watermark = cursor.watermark.0;
     for event in fresh {
@@ -311,13 +339,19 @@ mod tests {
     #[test]
     fn gaps_become_holes_and_fill_later() {
         let h = Horizon { xmin: 10, xmax: 20 };
-        let mut c = advance(&LogCursor::default(), &[], &[at(1), at(4), at(5), at(9)], h);
+        let mut c = advance(
+            &LogCursor::default(),
+            &[],
+            &[at(1), at(4), at(5), at(9)],
+            h,
+            true,
+        );
         assert_eq!(c.watermark, GlobalPosition(9));
         assert_eq!(c.holes, vec![hole(2, 3, None), hole(6, 8, None)]);
         assert!(c.covers(GlobalPosition(4)) && !c.covers(GlobalPosition(7)));
         bound_holes(&mut c, 21);
         // 7 commits; 2..3 and 6, 8 still pending while xmin <= 21.
-        let c2 = advance(&c, &[at(7)], &[], Horizon { xmin: 21, xmax: 25 });
+        let c2 = advance(&c, &[at(7)], &[], Horizon { xmin: 21, xmax: 25 }, true);
         assert_eq!(
             c2.holes,
             vec![
@@ -327,7 +361,7 @@ mod tests {
             ]
         );
         // Every transaction that could own them has ended: the holes are forgotten.
-        let c3 = advance(&c2, &[], &[at(10)], Horizon { xmin: 22, xmax: 30 });
+        let c3 = advance(&c2, &[], &[at(10)], Horizon { xmin: 22, xmax: 30 }, true);
         assert_eq!(c3.holes, vec![]);
         assert_eq!(c3.watermark, GlobalPosition(10));
     }
@@ -339,12 +373,29 @@ mod tests {
             &[],
             &[at(3)],
             Horizon { xmin: 5, xmax: 5 },
+            true,
         );
         let later = Horizon {
             xmin: i64::MAX,
             xmax: i64::MAX,
         };
-        assert_eq!(advance(&c, &[], &[], later).holes, vec![hole(1, 2, None)]);
+        assert_eq!(
+            advance(&c, &[], &[], later, true).holes,
+            vec![hole(1, 2, None)]
+        );
+    }
+
+    #[test]
+    fn holes_cut_at_the_limit_are_not_forgotten() {
+        let c = LogCursor {
+            watermark: GlobalPosition(9),
+            holes: vec![hole(2, 5, Some(7))],
+        };
+        let later = Horizon { xmin: 8, xmax: 9 };
+        // 2 and 3 delivered, 4 and 5 perhaps visible but beyond the limit: kept.
+        let cut = advance(&c, &[at(2), at(3)], &[], later, false);
+        assert_eq!(cut.holes, vec![hole(4, 5, Some(7))]);
+        assert_eq!(advance(&cut, &[], &[], later, true).holes, vec![]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Waking workers after appends: NOTIFY on [`NOTIFY_CHANNEL`], coalesced, after commit.
+//! Waking workers after appends: NOTIFY on [`NOTIFY_CHANNEL`], coalesced, after commit; and the
+//! other end, [`listen`], which workers run. Both ends of the channel live here.
 //!
 //! A notification is only a wake-up call. Notifications sent while a listener's connection is
 //! down are lost, so correctness never depends on them: workers read the log by checkpoint and
@@ -8,6 +9,7 @@
 
 use std::time::Duration;
 
+use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -55,5 +57,32 @@ impl Notifier {
     /// Asks for a notification; returns at once.
     pub(crate) fn wake(&self) {
         let _ = self.wake.try_send(());
+    }
+}
+
+/// Calls `wake` for every notification on [`NOTIFY_CHANNEL`], forever (abort the task to stop).
+///
+/// sqlx's listener reconnects by itself on the next `recv` after its connection is lost, so this
+/// only retries (once a second) the first connection and a `recv` whose reconnection failed.
+/// Notifications sent while it is disconnected are lost: callers must poll as well.
+pub async fn listen(pool: PgPool, mut wake: impl FnMut()) {
+    let mut listener = loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => match listener.listen(NOTIFY_CHANNEL).await {
+                Ok(()) => break listener,
+                Err(error) => debug!(%error, "LISTEN failed; polling until it succeeds"),
+            },
+            Err(error) => debug!(%error, "notification listener cannot connect; polling"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    loop {
+        match listener.recv().await {
+            Ok(_) => wake(),
+            Err(error) => {
+                debug!(%error, "notification listener lost; polling until it reconnects");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }

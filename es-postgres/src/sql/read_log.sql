@@ -2,7 +2,9 @@
 -- horizon returned and the rows returned come from the same snapshot (pg_current_snapshot()
 -- returns the statement's active snapshot).
 --   $1 watermark: return visible rows above it, in position order, at most $2 of them;
---   $3, $4: the starts and ends of holes below the watermark: return any row now visible there.
+--   $3, $4: the starts and ends of holes below the watermark: return rows now visible there, in
+--   position order, at most $2 of them too (a long transaction that committed thousands of rows
+--   into holes is delivered over several batches).
 -- The horizon row is always returned, with or without events (LEFT JOIN): the snapshot's xmin
 -- and xmax, and whether the reader's transaction already held a transaction id when the
 -- statement began (then no id it can obtain afterwards is newer than this snapshot).
@@ -13,9 +15,14 @@ WITH horizon AS MATERIALIZED (
 ), batch AS (
     (SELECT * FROM es_events WHERE global_position > $1 ORDER BY global_position LIMIT $2)
     UNION ALL
-    (SELECT e.* FROM es_events e
-     JOIN unnest($3::bigint[], $4::bigint[]) AS h(first_position, last_position)
-       ON e.global_position BETWEEN h.first_position AND h.last_position)
+    -- LATERAL: one index range scan per hole. A plain join under ORDER BY ... LIMIT lets the
+    -- planner walk the whole primary key in order, filtering every row against every hole.
+    (SELECT e.* FROM unnest($3::bigint[], $4::bigint[]) AS h(first_position, last_position)
+     CROSS JOIN LATERAL (
+         SELECT * FROM es_events x
+         WHERE x.global_position BETWEEN h.first_position AND h.last_position
+         ORDER BY x.global_position LIMIT $2) e
+     ORDER BY e.global_position LIMIT $2)
 )
 SELECT horizon.xmin, horizon.xmax, horizon.reader_has_xid,
        b.global_position, b.event_id, b.stream_id, b.stream_version, b.event_type,
