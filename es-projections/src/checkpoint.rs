@@ -1,23 +1,35 @@
-//! The projection row: checkpoint and lease in one place (`es_projections`).
+//! The projection row (`es_projections`), its ledger (`es_applied_ranges`) and the dead letters
+//! (`es_dead_letters`): the only code that reads or writes them. Its statements are in `sql/`.
 //!
-//! Leasing: a worker applies a projection only while it holds the row's lease (owner, expiry),
-//! taken with a compare-and-set that bumps the epoch. Every checkpoint write is fenced: it
-//! updates the row only if the epoch and owner are still the ones the batch started with, in the
-//! same transaction as the batch's effects. A stale holder (paused past its lease, or fenced out
-//! by a rebuild) therefore rolls its batch back instead of applying it twice. Leases are rows,
-//! not advisory locks, so they work through transaction-pooling proxies and pin no connection.
+//! **Leasing.** A worker or a rebuild applies a projection generation only while it holds the
+//! row's lease (owner, expiry), taken with a compare-and-set that bumps the epoch. Every batch
+//! is fenced twice, in its own transaction: after its read it locks the row if the lease is
+//! still its own ([`hold`]), so nobody can bump the epoch while it applies, and its checkpoint
+//! write updates the row only under that same lease ([`save`]). A stale holder (paused past its
+//! lease, fenced out by a rebuild, or left behind by a shadow switch) therefore finds no row and
+//! rolls its batch back instead of applying it twice. Leases are rows, not advisory locks, so
+//! they work through transaction-pooling proxies and pin no connection.
+//!
+//! **Ledger.** [`save`] also records which positions the batch delivered, as runs of consecutive
+//! positions, in the same transaction: `verify` checks the log against it without trusting the
+//! cursor.
+//!
+//! Lease expiry is computed with `clock_timestamp()`, not `now()`: `now()` is the start of the
+//! transaction, and a long batch would extend its lease from when it began.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use es_core::{GlobalPosition, StoreError};
 use es_postgres::LogCursor;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::error::ProjectionError;
+use crate::error::{EventRef, ProjectionError};
 
 /// What a lease holder knows about its projection.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Lease {
+pub(crate) struct Lease {
     /// The projection.
     pub name: String,
     /// The generation held (the live one, or a shadow being built).
@@ -36,23 +48,27 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn cursor_from(row: &sqlx::postgres::PgRow) -> Result<LogCursor, ProjectionError> {
-    let watermark: i64 = row.try_get("watermark")?;
+/// Decodes the stored holes: the one decoder of the projection row's cursor. A cursor it cannot
+/// read is an error, never "no holes" (that would skip them).
+fn holes_from(row: &PgRow) -> Result<Vec<es_postgres::Hole>, ProjectionError> {
     let holes: serde_json::Value = row.try_get("holes")?;
-    let holes = serde_json::from_value(holes).map_err(|e| {
-        ProjectionError::Store(es_core::StoreError::Storage {
-            message: "stored projection holes are malformed".into(),
+    serde_json::from_value(holes).map_err(|e| {
+        ProjectionError::Store(StoreError::Storage {
+            message: "the stored cursor of a projection is malformed (es_projections.holes)".into(),
             transient: false,
             source: Box::new(e),
         })
-    })?;
-    Ok(LogCursor {
-        watermark: es_core::GlobalPosition(watermark),
-        holes,
     })
 }
 
-fn lease_from(row: &sqlx::postgres::PgRow, owner: &str) -> Result<Lease, ProjectionError> {
+fn cursor_from(row: &PgRow) -> Result<LogCursor, ProjectionError> {
+    Ok(LogCursor {
+        watermark: GlobalPosition(row.try_get("watermark")?),
+        holes: holes_from(row)?,
+    })
+}
+
+fn lease_from(row: &PgRow, owner: &str) -> Result<Lease, ProjectionError> {
     Ok(Lease {
         name: row.try_get("name")?,
         generation: row.try_get("generation")?,
@@ -63,9 +79,19 @@ fn lease_from(row: &sqlx::postgres::PgRow, owner: &str) -> Result<Lease, Project
     })
 }
 
+fn holes_json(cursor: &LogCursor) -> Result<serde_json::Value, ProjectionError> {
+    serde_json::to_value(&cursor.holes).map_err(|e| {
+        ProjectionError::Store(StoreError::Storage {
+            message: "encoding a projection cursor".into(),
+            transient: false,
+            source: Box::new(e),
+        })
+    })
+}
+
 /// Creates the projection's live row if it has none yet.
-pub async fn ensure_row(pool: &PgPool, name: &str) -> Result<(), ProjectionError> {
-    sqlx::query("INSERT INTO es_projections (name) VALUES ($1) ON CONFLICT DO NOTHING")
+pub(crate) async fn ensure_row(pool: &PgPool, name: &str) -> Result<(), ProjectionError> {
+    sqlx::query(include_str!("sql/ensure_row.sql"))
         .bind(name)
         .execute(pool)
         .await?;
@@ -75,87 +101,109 @@ pub async fn ensure_row(pool: &PgPool, name: &str) -> Result<(), ProjectionError
 /// Takes the live generation's lease if it is free, expired, or already ours. A failed
 /// projection is taken (and set running again) only when `retry_failed`; a projection being
 /// rebuilt is left to its rebuild.
-pub async fn acquire(
+pub(crate) async fn acquire(
     pool: &PgPool,
     name: &str,
     owner: &str,
     ttl: Duration,
     retry_failed: bool,
 ) -> Result<Option<Lease>, ProjectionError> {
-    let row = sqlx::query(
-        "UPDATE es_projections
-         SET owner = $2, epoch = epoch + 1, state = 'running',
-             lease_expires_at = now() + $3 * interval '1 millisecond', updated_at = now()
-         WHERE name = $1 AND role = 'live'
-           AND (state = 'running' OR (state = 'failed' AND $4))
-           AND (owner IS NULL OR owner = $2 OR lease_expires_at < now())
-         RETURNING name, generation, epoch, watermark, holes, state",
-    )
-    .bind(name)
-    .bind(owner)
-    .bind(millis(ttl))
-    .bind(retry_failed)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(include_str!("sql/acquire.sql"))
+        .bind(name)
+        .bind(owner)
+        .bind(millis(ttl))
+        .bind(retry_failed)
+        .fetch_optional(pool)
+        .await?;
     row.map(|r| lease_from(&r, owner)).transpose()
 }
 
 /// Extends the lease; false when it was lost (fenced or taken over).
-pub async fn renew(pool: &PgPool, lease: &Lease, ttl: Duration) -> Result<bool, ProjectionError> {
-    let updated = sqlx::query(
-        "UPDATE es_projections SET lease_expires_at = now() + $5 * interval '1 millisecond'
-         WHERE name = $1 AND generation = $2 AND epoch = $3 AND owner = $4",
-    )
-    .bind(&lease.name)
-    .bind(lease.generation)
-    .bind(lease.epoch)
-    .bind(&lease.owner)
-    .bind(millis(ttl))
-    .execute(pool)
-    .await?;
-    Ok(updated.rows_affected() == 1)
-}
-
-/// Stores the cursor after a batch, fenced by the lease's epoch, in the batch's transaction.
-/// Returns false when the lease was lost: the caller must roll back.
-pub async fn save(
-    conn: &mut PgConnection,
+pub(crate) async fn renew(
+    pool: &PgPool,
     lease: &Lease,
-    cursor: &LogCursor,
-    applied: usize,
-    last_event_at: Option<DateTime<Utc>>,
     ttl: Duration,
 ) -> Result<bool, ProjectionError> {
-    let holes = serde_json::to_value(&cursor.holes).unwrap_or_else(|_| serde_json::json!([]));
-    let updated = sqlx::query(
-        "UPDATE es_projections
-         SET watermark = $5, holes = $6, events_applied = events_applied + $7,
-             last_event_at = coalesce($8, last_event_at),
-             lease_expires_at = now() + $9 * interval '1 millisecond', updated_at = now()
-         WHERE name = $1 AND generation = $2 AND epoch = $3 AND owner = $4",
-    )
-    .bind(&lease.name)
-    .bind(lease.generation)
-    .bind(lease.epoch)
-    .bind(&lease.owner)
-    .bind(cursor.watermark.0)
-    .bind(holes)
-    .bind(i64::try_from(applied).unwrap_or(i64::MAX))
-    .bind(last_event_at)
-    .bind(millis(ttl))
-    .execute(conn)
-    .await?;
+    let updated = sqlx::query(include_str!("sql/renew.sql"))
+        .bind(&lease.name)
+        .bind(lease.generation)
+        .bind(lease.epoch)
+        .bind(&lease.owner)
+        .bind(millis(ttl))
+        .execute(pool)
+        .await?;
     Ok(updated.rows_affected() == 1)
 }
 
-/// Gives the lease up so that a standby takes over at once.
-pub async fn release(pool: &PgPool, lease: &Lease) -> Result<(), ProjectionError> {
-    release_as(pool, lease, None).await
+/// Locks the row for the rest of the batch's transaction if the lease is still ours; false when
+/// it was lost: the caller must roll back. Run it after the batch's read (a row lock gives the
+/// transaction an id, and the log reader bounds holes with an id taken after its read).
+pub(crate) async fn hold(conn: &mut PgConnection, lease: &Lease) -> Result<bool, ProjectionError> {
+    let row = sqlx::query(include_str!("sql/hold.sql"))
+        .bind(&lease.name)
+        .bind(lease.generation)
+        .bind(lease.epoch)
+        .bind(&lease.owner)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
 }
 
-/// Ends a rebuild: the projection is `running` again and its lease free for the workers.
-pub async fn finish_rebuild(pool: &PgPool, lease: &Lease) -> Result<(), ProjectionError> {
-    release_as(pool, lease, Some("running")).await
+/// Runs of consecutive positions, from positions in any order.
+fn runs(positions: &[i64]) -> (Vec<i64>, Vec<i64>) {
+    let mut sorted = positions.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let (mut firsts, mut lasts) = (Vec::new(), Vec::<i64>::new());
+    for p in sorted {
+        match lasts.last_mut() {
+            Some(last) if *last + 1 == p => *last = p,
+            _ => {
+                firsts.push(p);
+                lasts.push(p);
+            }
+        }
+    }
+    (firsts, lasts)
+}
+
+/// What a batch wrote, for its checkpoint.
+pub(crate) struct BatchRecord<'a> {
+    /// The cursor after the batch.
+    pub cursor: &'a LogCursor,
+    /// The positions of every event the batch delivered (applied, skipped or parked).
+    pub delivered: &'a [i64],
+    /// How many the projector applied.
+    pub applied: usize,
+    /// The newest event's time.
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+/// Stores the cursor after a batch and records its delivered positions in the ledger, fenced by
+/// the lease, in the batch's transaction. Returns false when the lease was lost: the caller must
+/// roll back.
+pub(crate) async fn save(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    batch: BatchRecord<'_>,
+    ttl: Duration,
+) -> Result<bool, ProjectionError> {
+    let (firsts, lasts) = runs(batch.delivered);
+    let saved: i64 = sqlx::query_scalar(include_str!("sql/save_checkpoint.sql"))
+        .bind(&lease.name)
+        .bind(lease.generation)
+        .bind(lease.epoch)
+        .bind(&lease.owner)
+        .bind(batch.cursor.watermark.0)
+        .bind(holes_json(batch.cursor)?)
+        .bind(i64::try_from(batch.applied).unwrap_or(i64::MAX))
+        .bind(batch.last_event_at)
+        .bind(millis(ttl))
+        .bind(&firsts)
+        .bind(&lasts)
+        .fetch_one(conn)
+        .await?;
+    Ok(saved == 1)
 }
 
 async fn release_as(
@@ -163,51 +211,367 @@ async fn release_as(
     lease: &Lease,
     state: Option<&str>,
 ) -> Result<(), ProjectionError> {
-    sqlx::query(
-        "UPDATE es_projections
-         SET owner = NULL, lease_expires_at = NULL, state = coalesce($5, state), updated_at = now()
-         WHERE name = $1 AND generation = $2 AND epoch = $3 AND owner = $4",
-    )
-    .bind(&lease.name)
-    .bind(lease.generation)
-    .bind(lease.epoch)
-    .bind(&lease.owner)
-    .bind(state)
-    .execute(pool)
-    .await?;
+    sqlx::query(include_str!("sql/release.sql"))
+        .bind(&lease.name)
+        .bind(lease.generation)
+        .bind(lease.epoch)
+        .bind(&lease.owner)
+        .bind(state)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
-/// Marks the projection failed with its error and releases the lease; other workers leave a
-/// failed projection alone until a worker process is restarted.
-pub async fn record_failure(
+/// Gives the lease up so that a standby (or the same rebuild run again) takes over at once.
+pub(crate) async fn release(pool: &PgPool, lease: &Lease) -> Result<(), ProjectionError> {
+    release_as(pool, lease, None).await
+}
+
+/// Ends an in-place rebuild: the projection is `running` again and its lease free for workers.
+pub(crate) async fn finish_rebuild(pool: &PgPool, lease: &Lease) -> Result<(), ProjectionError> {
+    release_as(pool, lease, Some("running")).await
+}
+
+/// Records why the holder stopped and releases the lease, leaving the generation in `state`:
+/// `failed` for a worker (other workers leave it alone until a worker process restarts),
+/// `rebuilding` for a rebuild (the same command resumes it). False when the lease was lost.
+pub(crate) async fn record_failure(
     pool: &PgPool,
     lease: &Lease,
     error: &str,
+    state: &str,
+) -> Result<bool, ProjectionError> {
+    let updated = sqlx::query(include_str!("sql/record_failure.sql"))
+        .bind(&lease.name)
+        .bind(lease.generation)
+        .bind(lease.epoch)
+        .bind(&lease.owner)
+        .bind(error)
+        .bind(state)
+        .execute(pool)
+        .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// The live generation as read-your-writes sees it.
+pub(crate) struct LiveState {
+    /// Where it stands.
+    pub cursor: LogCursor,
+    /// `failed` when it stopped on an error.
+    pub state: String,
+    /// That error.
+    pub last_error: Option<String>,
+}
+
+/// The live generation's cursor and state, if the projection has a row.
+pub(crate) async fn live_state(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<LiveState>, ProjectionError> {
+    let row = sqlx::query(include_str!("sql/live_state.sql"))
+        .bind(name)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| {
+        Ok(LiveState {
+            cursor: cursor_from(&r)?,
+            state: r.try_get("state")?,
+            last_error: r.try_get("last_error")?,
+        })
+    })
+    .transpose()
+}
+
+/// Parks an event the projection could not decode or apply (dead-letter policy).
+pub(crate) async fn park(
+    conn: &mut PgConnection,
+    projection: &str,
+    generation: i32,
+    event: &EventRef,
+    schema_version: u32,
+    error: &str,
 ) -> Result<(), ProjectionError> {
-    sqlx::query(
-        "UPDATE es_projections
-         SET state = 'failed', last_error = $5, last_error_at = now(), owner = NULL,
-             lease_expires_at = NULL, updated_at = now()
-         WHERE name = $1 AND generation = $2 AND epoch = $3 AND owner = $4",
-    )
-    .bind(&lease.name)
-    .bind(lease.generation)
-    .bind(lease.epoch)
-    .bind(&lease.owner)
-    .bind(error)
-    .execute(pool)
-    .await?;
+    sqlx::query(include_str!("sql/park_dead_letter.sql"))
+        .bind(projection)
+        .bind(generation)
+        .bind(event.position.0)
+        .bind(event.stream.as_str())
+        .bind(i64::try_from(event.stream_version.0).unwrap_or(i64::MAX))
+        .bind(&event.event_type)
+        .bind(i32::try_from(schema_version).unwrap_or(i32::MAX))
+        .bind(error)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
-/// The live generation's cursor, if the projection has a row.
-pub async fn live_cursor(pool: &PgPool, name: &str) -> Result<Option<LogCursor>, ProjectionError> {
-    let row = sqlx::query(
-        "SELECT watermark, holes FROM es_projections WHERE name = $1 AND role = 'live'",
+// ---- rebuilds ----
+
+/// Who holds a generation's lease, for an error that says when it can be taken.
+pub(crate) async fn lease_held(
+    pool: &PgPool,
+    name: &str,
+    role: &str,
+) -> Result<ProjectionError, ProjectionError> {
+    let row = sqlx::query(include_str!("sql/lease_holder.sql"))
+        .bind(name)
+        .bind(role)
+        .fetch_optional(pool)
+        .await?;
+    let (owner, until, left) = match row {
+        Some(r) => (
+            r.try_get::<Option<String>, _>("owner")?,
+            r.try_get::<Option<DateTime<Utc>>, _>("lease_expires_at")?,
+            r.try_get::<Option<f64>, _>("seconds_left")?,
+        ),
+        None => (None, None, None),
+    };
+    Ok(ProjectionError::LeaseHeld {
+        projection: name.to_string(),
+        owner: match (owner, until, left) {
+            (Some(owner), Some(until), Some(left)) => format!(
+                "{owner} until {} (in {left:.0} s, unless it is released sooner)",
+                until.format("%F %T UTC")
+            ),
+            (Some(owner), _, _) => owner,
+            _ => "another process".into(),
+        },
+    })
+}
+
+/// Takes the live generation's lease for an in-place rebuild, fencing out live workers (see
+/// `sql/fence_for_rebuild.sql`); commits at once. None while another rebuild holds it.
+pub(crate) async fn fence_for_rebuild(
+    pool: &PgPool,
+    name: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Option<Lease>, ProjectionError> {
+    let row = sqlx::query(include_str!("sql/fence_for_rebuild.sql"))
+        .bind(name)
+        .bind(owner)
+        .bind(millis(ttl))
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| lease_from(&r, owner)).transpose()
+}
+
+/// Zeroes the leased generation's checkpoint and ledger and marks it `rebuilding`, in the
+/// transaction that empties its tables. False when the lease was lost.
+pub(crate) async fn reset_generation(
+    conn: &mut PgConnection,
+    lease: &Lease,
+) -> Result<bool, ProjectionError> {
+    let reset: i64 = sqlx::query_scalar(include_str!("sql/reset_generation.sql"))
+        .bind(&lease.name)
+        .bind(lease.generation)
+        .bind(lease.epoch)
+        .bind(&lease.owner)
+        .fetch_one(conn)
+        .await?;
+    Ok(reset == 1)
+}
+
+/// Creates the shadow generation if there is none and takes its lease; None while another
+/// rebuild holds it. Returns the lease and how many events the shadow had applied.
+pub(crate) async fn lease_shadow(
+    pool: &PgPool,
+    name: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Option<(Lease, i64)>, ProjectionError> {
+    sqlx::query(include_str!("sql/create_shadow.sql"))
+        .bind(name)
+        .execute(pool)
+        .await?;
+    let row = sqlx::query(include_str!("sql/lease_shadow.sql"))
+        .bind(name)
+        .bind(owner)
+        .bind(millis(ttl))
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| Ok((lease_from(&r, owner)?, r.try_get("events_applied")?)))
+        .transpose()
+}
+
+/// Whether `generation` is the live generation of `name`.
+pub(crate) async fn is_live(
+    conn: &mut PgConnection,
+    name: &str,
+    generation: i32,
+) -> Result<bool, ProjectionError> {
+    Ok(sqlx::query_scalar(include_str!("sql/is_live.sql"))
+        .bind(name)
+        .bind(generation)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Locks the live row for a switch (waiting for a live batch in flight); its generation.
+pub(crate) async fn lock_live(conn: &mut PgConnection, name: &str) -> Result<i32, ProjectionError> {
+    Ok(sqlx::query_scalar(include_str!("sql/lock_live.sql"))
+        .bind(name)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Retires generation `old` and promotes the leased shadow, in the switch's transaction. False
+/// when the shadow's lease was lost.
+pub(crate) async fn promote(
+    conn: &mut PgConnection,
+    old: i32,
+    shadow: &Lease,
+) -> Result<bool, ProjectionError> {
+    sqlx::query(include_str!("sql/retire.sql"))
+        .bind(&shadow.name)
+        .bind(old)
+        .execute(&mut *conn)
+        .await?;
+    let promoted = sqlx::query(include_str!("sql/promote.sql"))
+        .bind(&shadow.name)
+        .bind(shadow.generation)
+        .bind(shadow.epoch)
+        .bind(&shadow.owner)
+        .execute(&mut *conn)
+        .await?;
+    Ok(promoted.rows_affected() == 1)
+}
+
+/// Deletes the generations of `role` (`retired`, or an abandoned `shadow`) with their ledgers;
+/// returns their numbers so that their tables can be dropped.
+pub(crate) async fn delete_generations(
+    conn: &mut PgConnection,
+    name: &str,
+    role: &str,
+) -> Result<Vec<i32>, ProjectionError> {
+    Ok(
+        sqlx::query_scalar(include_str!("sql/delete_generations.sql"))
+            .bind(name)
+            .bind(role)
+            .fetch_all(conn)
+            .await?,
     )
-    .bind(name)
-    .fetch_optional(pool)
-    .await?;
-    row.map(|r| cursor_from(&r)).transpose()
+}
+
+// ---- status and verification ----
+
+/// One generation's row as `status` shows it.
+pub(crate) async fn status_rows(pool: &PgPool) -> Result<Vec<PgRow>, ProjectionError> {
+    Ok(sqlx::query(include_str!("sql/status.sql"))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// What `verify` checks a live generation against.
+pub(crate) struct VerifyState {
+    /// The live generation.
+    pub generation: i32,
+    /// Its cursor.
+    pub cursor: LogCursor,
+    /// Positions at or below this were applied before the ledger started.
+    pub ledger_from: i64,
+}
+
+/// The live generation's checkpoint and ledger start, in `conn`'s snapshot.
+pub(crate) async fn verify_state(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<VerifyState>, ProjectionError> {
+    let row = sqlx::query(include_str!("sql/verify_state.sql"))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok(VerifyState {
+            generation: r.try_get("generation")?,
+            cursor: cursor_from(&r)?,
+            ledger_from: r.try_get("ledger_from")?,
+        })
+    })
+    .transpose()
+}
+
+/// How many positions in `(from, to]` the ledger records as delivered.
+pub(crate) async fn ledger_delivered(
+    conn: &mut PgConnection,
+    name: &str,
+    generation: i32,
+    from: i64,
+    to: i64,
+) -> Result<i64, ProjectionError> {
+    Ok(sqlx::query_scalar(include_str!("sql/verify_delivered.sql"))
+        .bind(name)
+        .bind(generation)
+        .bind(from)
+        .bind(to)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Ledger runs that overlap an earlier one (positions delivered twice), at most ten.
+pub(crate) async fn ledger_overlaps(
+    conn: &mut PgConnection,
+    name: &str,
+    generation: i32,
+) -> Result<Vec<(i64, i64)>, ProjectionError> {
+    let rows = sqlx::query(include_str!("sql/verify_overlaps.sql"))
+        .bind(name)
+        .bind(generation)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// The statement listing committed events in `(from, to]` that the ledger does not record and
+/// that are not in `holes`, in position order (`global_position, stream_id, stream_version,
+/// event_type`). The caller streams it.
+pub(crate) fn ledger_missing<'q>(
+    name: &'q str,
+    generation: i32,
+    from: i64,
+    to: i64,
+    hole_starts: &'q [i64],
+    hole_ends: &'q [i64],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(include_str!("sql/verify_missing.sql"))
+        .bind(name)
+        .bind(generation)
+        .bind(from)
+        .bind(to)
+        .bind(hole_starts)
+        .bind(hole_ends)
+}
+
+/// Records a verification's result for `status`.
+pub(crate) async fn record_verification(
+    pool: &PgPool,
+    name: &str,
+    generation: i32,
+    ok: bool,
+    report: &str,
+) -> Result<(), ProjectionError> {
+    sqlx::query(include_str!("sql/record_verification.sql"))
+        .bind(name)
+        .bind(generation)
+        .bind(ok)
+        .bind(report)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn positions_become_runs() {
+        assert_eq!(runs(&[]), (vec![], vec![]));
+        assert_eq!(
+            runs(&[7, 3, 4, 5, 9, 8, 12]),
+            (vec![3, 7, 12], vec![5, 9, 12])
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! The command line of worker binaries: `run`, `status`, `rebuild`.
+//! The command line of worker binaries: `run`, `status`, `verify`, `rebuild`.
 //!
 //! This module is the binaries' front end, so unlike the rest of the library it prints for
 //! humans (the status table, a progress bar, the rebuild summary, errors); logs still go through
@@ -32,8 +32,9 @@ use sqlx::PgPool;
 
 use crate::engine::ErrorPolicy;
 use crate::error::ProjectionError;
-use crate::rebuild::{rebuild, RebuildOptions};
+use crate::rebuild::{abandon_shadow, rebuild_until, RebuildOptions};
 use crate::status::status;
+use crate::verify::verify;
 use crate::worker::Worker;
 
 #[derive(Parser, Debug)]
@@ -65,8 +66,15 @@ enum Command {
         #[arg(long)]
         dead_letter: bool,
     },
-    /// Show each projection's checkpoint, lag, lease and errors, and what holds the horizon.
+    /// Show each projection's checkpoint, lag, lease, errors and last verification, and what
+    /// holds the horizon.
     Status,
+    /// Prove that projections were delivered every committed event up to their checkpoint, naming
+    /// the first one they were not; exits 1 if any was skipped.
+    Verify {
+        /// The projections to verify (all by default).
+        names: Vec<String>,
+    },
     /// Reset a projection and replay the whole log (resumes an interrupted rebuild).
     Rebuild {
         /// The projection.
@@ -77,6 +85,12 @@ enum Command {
         /// Start over instead of resuming an interrupted rebuild.
         #[arg(long)]
         restart: bool,
+        /// Park events that cannot be decoded or applied in es_dead_letters instead of stopping.
+        #[arg(long)]
+        dead_letter: bool,
+        /// Drop an unfinished shadow generation (its tables and checkpoint) instead of building.
+        #[arg(long, conflicts_with_all = ["restart", "dead_letter"])]
+        abandon: bool,
         /// Events per transaction.
         #[arg(long, default_value_t = 5000)]
         batch_size: usize,
@@ -98,7 +112,7 @@ pub async fn main(
         )
         .init();
     match execute(cli, build).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("{binary}: {error}");
             let mut source = error.source();
@@ -114,7 +128,7 @@ pub async fn main(
 async fn execute(
     cli: Cli,
     build: impl FnOnce(PgPool) -> Result<Worker, ProjectionError>,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let pool = PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(30))
@@ -143,11 +157,53 @@ async fn execute(
             worker.run_only(&projections, shutdown_signal()).await?;
         }
         Command::Status => print!("{}", status(&pool).await?),
+        Command::Verify { names } => {
+            let names: Vec<String> = if names.is_empty() {
+                worker.names().into_iter().map(String::from).collect()
+            } else {
+                names
+            };
+            let mut all_ok = true;
+            for name in &names {
+                let report = verify(&worker, name).await?;
+                all_ok &= report.ok();
+                println!("{report}");
+                for event in report.missing.iter().skip(1) {
+                    println!("  also never delivered: {event}");
+                }
+                if report.missing_ignored > 0 {
+                    println!(
+                        "  ({} missing events on streams {name} does not read are ignored)",
+                        report.missing_ignored
+                    );
+                }
+                if report.checked_from.0 > 0 {
+                    println!(
+                        "  (positions up to {} were applied before the ledger existed: rebuild {name} to verify them)",
+                        report.checked_from
+                    );
+                }
+            }
+            if !all_ok {
+                println!("verification failed: rebuild the projection (`rebuild NAME --shadow`) to repair it");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Rebuild {
+            abandon: true,
+            name,
+            ..
+        } => match abandon_shadow(&worker, &name).await? {
+            Some(generation) => println!("dropped the shadow generation {generation} of {name}"),
+            None => println!("{name} has no shadow generation"),
+        },
         Command::Rebuild {
             name,
             shadow,
             restart,
+            dead_letter,
             batch_size,
+            abandon: false,
         } => {
             let bar = ProgressBar::new(0);
             bar.set_style(
@@ -162,15 +218,39 @@ async fn execute(
                 batch_size,
                 shadow,
                 restart,
+                error_policy: if dead_letter {
+                    ErrorPolicy::DeadLetter
+                } else {
+                    ErrorPolicy::Stop
+                },
             };
-            let rebuilt = rebuild(&worker, &name, &options, |p| {
-                bar.set_length(p.head.max(0) as u64);
-                bar.set_position(p.position.max(0) as u64);
-            });
-            tokio::select! {
-                report = rebuilt => {
-                    bar.finish_and_clear();
-                    let report = report?;
+            let rebuilt = rebuild_until(
+                &worker,
+                &name,
+                &options,
+                |p| {
+                    bar.set_length(p.head.max(0) as u64);
+                    bar.set_position(p.position.max(0) as u64);
+                },
+                shutdown_signal(),
+            )
+            .await;
+            bar.finish_and_clear();
+            match rebuilt {
+                Err(error) => {
+                    eprintln!(
+                        "the rebuild stopped; its error is recorded (see `status`). Fix the cause and run the same command to resume{}.",
+                        if shadow { ", or `rebuild NAME --abandon` to drop the shadow" } else { ", or add --dead-letter to park bad events" }
+                    );
+                    return Err(error.into());
+                }
+                Ok(report) if report.interrupted => {
+                    println!(
+                        "interrupted after {} events: run the same command again to resume",
+                        report.applied
+                    );
+                }
+                Ok(report) => {
                     println!(
                         "rebuilt {} (generation {}{}): {} events in {:.1} s ({:.0} events/s)",
                         report.projection,
@@ -181,14 +261,10 @@ async fn execute(
                         report.applied as f64 / report.elapsed.as_secs_f64().max(1e-9),
                     );
                 }
-                _ = shutdown_signal() => {
-                    bar.abandon();
-                    println!("interrupted: run the same command again to resume");
-                }
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,15 +1,27 @@
 //! Applying one batch of stored events to one projector: decode (upcasting first), apply in a
-//! savepoint, and when the batch fails find the event that broke it.
+//! savepoint, and when the batch fails find the event that broke it; then the fenced checkpoint
+//! (`apply_and_checkpoint`, the one path of workers and rebuilds alike).
 //!
-//! The caller owns the transaction and writes the checkpoint in it; nothing here commits.
+//! Events on streams the projector does not accept are skipped before decoding: a projector
+//! need not know the event types of other streams (other bounded contexts may share the log).
+//! An event it does accept but cannot decode stops it (or is parked under the dead-letter
+//! policy). A transient database error raised inside `apply` (deadlock, serialization failure,
+//! lock or statement timeout, lost connection) is neither a failure nor a dead letter: the batch
+//! is rolled back and retried from the checkpoint.
+//!
+//! The caller owns the transaction; nothing here commits.
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use es_core::{DecodeError, EventEnvelope, RecordedEvent, Upcasters};
+use es_core::{DecodeError, EventEnvelope, RecordedEvent, StoreError, StreamId, Upcasters};
+use es_postgres::LogBatch;
 use sqlx::PgConnection;
 use tracing::warn;
 
+use crate::checkpoint::{self, BatchRecord, Lease};
 use crate::error::{EventRef, ProjectionError, ProjectorError};
 use crate::projector::{validate_name, Projector, Tables};
 
@@ -39,6 +51,8 @@ pub trait DynProjector: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Its logical tables.
     fn tables(&self) -> &[&'static str];
+    /// Whether it reads events of this stream.
+    fn accepts_stream(&self, stream: &StreamId) -> bool;
     /// Creates its tables.
     async fn setup(&self, conn: &mut PgConnection, tables: &Tables) -> Result<(), ProjectorError>;
     /// Empties its tables.
@@ -132,7 +146,7 @@ async fn park(
     schema_version: u32,
     error: &(dyn std::fmt::Display + Sync),
 ) -> Result<(), ProjectionError> {
-    let (generation, error) = (tables.generation(), error.to_string());
+    let error = error.to_string();
     warn!(
         projection,
         stream = %event.stream,
@@ -141,24 +155,58 @@ async fn park(
         error = %error,
         "parking event in es_dead_letters"
     );
-    sqlx::query(
-        "INSERT INTO es_dead_letters
-             (projection, generation, global_position, stream_id, stream_version, event_type,
-              schema_version, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT DO NOTHING",
+    checkpoint::park(
+        conn,
+        projection,
+        tables.generation(),
+        event,
+        schema_version,
+        &error,
     )
-    .bind(projection)
-    .bind(generation)
-    .bind(event.position.0)
-    .bind(event.stream.as_str())
-    .bind(i64::try_from(event.stream_version.0).unwrap_or(i64::MAX))
-    .bind(&event.event_type)
-    .bind(i32::try_from(schema_version).unwrap_or(i32::MAX))
-    .bind(&error)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await
+}
+
+/// A projector error caused by a transient database failure: retried from the checkpoint.
+fn transient(projection: &str, error: ProjectorError) -> ProjectionError {
+    ProjectionError::Store(StoreError::Storage {
+        message: format!("projection {projection}: a transient database error while applying"),
+        transient: true,
+        source: error,
+    })
+}
+
+/// Applies a batch read by the log reader and writes the checkpoint after it, both in `tx` and
+/// fenced by `lease` (`checkpoint::hold`, then `checkpoint::save`). None when the lease was lost:
+/// the caller must roll back. The caller commits.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn apply_and_checkpoint(
+    tx: &mut PgConnection,
+    projector: &dyn DynProjector,
+    tables: &Tables,
+    upcasters: &Upcasters,
+    lease: &Lease,
+    batch: LogBatch,
+    policy: ErrorPolicy,
+    ttl: Duration,
+) -> Result<Option<BatchOutcome>, ProjectionError> {
+    if !checkpoint::hold(tx, lease).await? {
+        return Ok(None);
+    }
+    let delivered: Vec<i64> = batch.events.iter().map(|e| e.global_position.0).collect();
+    let last_event_at = batch.events.iter().map(|e| e.recorded_at).max();
+    let outcome = projector
+        .apply_batch(tx, tables, upcasters, batch.events, policy)
+        .await?;
+    let record = BatchRecord {
+        cursor: &batch.next,
+        delivered: &delivered,
+        applied: outcome.applied,
+        last_event_at,
+    };
+    if !checkpoint::save(tx, lease, record, ttl).await? {
+        return Ok(None);
+    }
+    Ok(Some(outcome))
 }
 
 #[async_trait]
@@ -169,6 +217,10 @@ impl<P: Projector> DynProjector for Erased<P> {
 
     fn tables(&self) -> &[&'static str] {
         self.0.tables()
+    }
+
+    fn accepts_stream(&self, stream: &StreamId) -> bool {
+        self.0.accepts_stream(stream)
     }
 
     async fn setup(&self, conn: &mut PgConnection, tables: &Tables) -> Result<(), ProjectorError> {
@@ -220,6 +272,9 @@ impl<P: Projector> DynProjector for Erased<P> {
                 outcome.applied += decoded.len();
                 return Ok(outcome);
             }
+            Err(error) if es_postgres::error::is_transient_cause(error.as_ref()) => {
+                return Err(transient(name, error))
+            }
             Err(_) => savepoint(conn, "ROLLBACK TO SAVEPOINT es_batch").await?,
         }
         // The batch failed: apply event by event to find the culprit (and, under the
@@ -236,6 +291,9 @@ impl<P: Projector> DynProjector for Erased<P> {
                 Ok(()) => {
                     savepoint(conn, "RELEASE SAVEPOINT es_event").await?;
                     outcome.applied += 1;
+                }
+                Err(error) if es_postgres::error::is_transient_cause(error.as_ref()) => {
+                    return Err(transient(name, error))
                 }
                 Err(error) => {
                     savepoint(conn, "ROLLBACK TO SAVEPOINT es_event").await?;

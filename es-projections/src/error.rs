@@ -86,6 +86,15 @@ pub enum ProjectionError {
         /// Who holds it.
         owner: String,
     },
+    /// The projection stopped on an error (shown by `status`) and will not move until it is fixed
+    /// and a worker restarted.
+    #[error("projection {projection} has stopped on an error: {error}")]
+    Failed {
+        /// The projection.
+        projection: String,
+        /// Its recorded error.
+        error: String,
+    },
     /// No projection of that name is registered with this binary.
     #[error("no projection named {0} is registered")]
     UnknownProjection(String),
@@ -111,6 +120,30 @@ impl ProjectionError {
     /// Whether retrying later may succeed (a lost connection, a restarting server).
     pub fn is_transient(&self) -> bool {
         matches!(self, ProjectionError::Store(e) if e.is_transient())
+    }
+
+    /// An error of a projector's `setup` or `reset`: transient (retried) when a transient database
+    /// error caused it (a connection lost mid-setup), else [`ProjectionError::Projector`].
+    pub(crate) fn projector(
+        projection: &str,
+        action: &'static str,
+        source: ProjectorError,
+    ) -> Self {
+        if es_postgres::error::is_transient_cause(source.as_ref()) {
+            ProjectionError::Store(StoreError::Storage {
+                message: format!(
+                    "projection {projection}: {action} hit a transient database error"
+                ),
+                transient: true,
+                source,
+            })
+        } else {
+            ProjectionError::Projector {
+                projection: projection.to_string(),
+                action,
+                source,
+            }
+        }
     }
 }
 

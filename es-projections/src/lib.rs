@@ -5,7 +5,8 @@
 //! - Write a [`Projector`] for each read model: `setup` creates its tables, `apply` writes a
 //!   batch of typed events inside the runtime's transaction (the checkpoint commits with it).
 //! - Run them with a [`Worker`] in a binary built on [`cli::main`]: `run` tails the log
-//!   (NOTIFY-woken, polling as fallback), `status` shows lag, leases and errors, `rebuild NAME`
+//!   (NOTIFY-woken, polling as fallback), `status` shows lag, leases and errors, `verify` proves
+//!   nothing was skipped (and names what was), `rebuild NAME`
 //!   replays from scratch, `rebuild NAME --shadow` builds the next version beside the live one
 //!   and switches atomically (use it when reads must not see a half-built table).
 //! - After a command, [`wait_for`] the append's position to read your own write.
@@ -13,9 +14,11 @@
 //!   must be in the command's own transaction, query the aggregate instead.
 //!
 //! Guarantees (see [`worker`]): every committed event applied exactly once in effect, per-stream
-//! order, nothing skipped when transactions commit out of order ([`es_postgres::log_reader`]),
-//! at most one applier per projection across processes, resume from the checkpoint after a
-//! crash.
+//! order, nothing skipped when transactions commit out of order ([`es_postgres::log_reader`]
+//! states the proof and the tests that explore its interleavings), at most one applier per
+//! projection across processes, resume from the checkpoint after a crash. [`verify()`] checks the
+//! first of these on a live database, from a ledger of delivered positions written with every
+//! batch.
 //!
 //! ```no_run
 //! # use async_trait::async_trait;
@@ -37,10 +40,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules in reading order: [`projector`], [`worker`], [`checkpoint`] (leases and fencing),
-//! [`engine`] (one batch), [`rebuild`](mod@rebuild), [`status`](mod@status), [`wait`](mod@wait), [`views`], [`cli`].
+//! Modules in reading order: [`projector`], [`worker`], `checkpoint` (the projection row:
+//! leases, fencing, the ledger; private), [`engine`] (one batch), [`rebuild`](mod@rebuild),
+//! [`status`](mod@status), [`verify`](mod@verify) (proving nothing was skipped),
+//! [`wait`](mod@wait), [`views`], [`cli`].
 
-pub mod checkpoint;
+mod checkpoint;
 pub mod cli;
 pub mod engine;
 pub mod error;
@@ -48,6 +53,7 @@ pub mod projector;
 pub mod read_ahead;
 pub mod rebuild;
 pub mod status;
+pub mod verify;
 pub mod views;
 pub mod wait;
 pub mod worker;
@@ -55,7 +61,10 @@ pub mod worker;
 pub use engine::{BatchOutcome, ErrorPolicy};
 pub use error::{EventRef, InvalidName, ProjectionError, ProjectorError};
 pub use projector::{Projector, Tables};
-pub use rebuild::{rebuild, RebuildOptions, RebuildProgress, RebuildReport};
+pub use rebuild::{
+    abandon_shadow, rebuild, rebuild_until, RebuildOptions, RebuildProgress, RebuildReport,
+};
 pub use status::{status, Status};
-pub use wait::wait_for;
+pub use verify::{verify, VerifyReport};
+pub use wait::{live_cursor, wait_for};
 pub use worker::{Worker, WorkerConfig};

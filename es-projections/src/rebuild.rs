@@ -1,26 +1,38 @@
 //! Rebuilding a projection: from scratch in place, or as a shadow beside the live one.
 //!
-//! From scratch: one transaction truncates the projection's tables, zeroes its checkpoint and
-//! marks it `rebuilding` (fencing out a live worker mid-batch); the replay then commits batch by
-//! batch with the checkpoint, so an interrupted rebuild resumes where it stopped when run again.
-//! Live workers leave a `rebuilding` projection alone; reads see it fill up.
+//! From scratch (in place): first a short transaction takes the live generation's lease, bumping
+//! its epoch, which fences out a live worker (a batch it holds is waited for and commits first;
+//! its next one finds the lease gone and rolls back). Then one transaction empties the tables,
+//! zeroes the checkpoint and ledger and marks the projection `rebuilding`. Taking the lease and
+//! emptying the tables are separate so that the rebuild never holds the projection row while
+//! waiting for the worker's table locks (and the worker never waits for the row while holding
+//! them): no deadlock. The replay then commits batch by batch with the checkpoint. Live workers
+//! leave a `rebuilding` projection alone; reads see it fill up.
 //!
 //! Shadow (blue/green): the next generation's tables are built from the start of the log while
-//! the live generation keeps serving. Once caught up, one transaction locks both rows (waiting
-//! for the live worker's batch in flight), applies the last events, points the views at the new
-//! tables and promotes the shadow; the old tables are dropped after. Live workers follow the new
-//! generation from its checkpoint. Resumable too.
+//! the live generation keeps serving. Once caught up, one transaction locks the live row
+//! (waiting for the live worker's batch in flight), applies the last events, points the views at
+//! the new tables, retires the old generation and promotes the shadow; the old tables are dropped
+//! after. A live worker finds its generation retired at its next batch, before applying anything,
+//! and follows the new one from its checkpoint.
 //!
-//! A rebuild stops on the first bad event whatever the worker's error policy.
+//! Interrupted ([`rebuild_until`]'s `stop`, Ctrl-C in the CLI): the batch in flight commits, the
+//! lease is released, and the same command resumes at once. Killed: the lease expires after
+//! [`REBUILD_TTL`]; until then a new run says when it can resume. Failed on a bad event: the
+//! error is recorded (`status` shows it), the lease released and the projection left
+//! `rebuilding` (in place) or the shadow left beside the live one, so that the same command
+//! resumes once the cause is fixed, or `--abandon` drops a shadow. A rebuild stops on the first
+//! bad event unless asked to park bad events ([`RebuildOptions::error_policy`]).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use es_postgres::{read_batch, LogBatch, LogCursor};
-use sqlx::{PgConnection, Row};
-use tracing::info;
+use es_postgres::{log_head, read_batch, LogCursor};
+use sqlx::PgConnection;
+use tracing::{info, warn};
 
 use crate::checkpoint::{self, Lease};
-use crate::engine::{DynProjector, ErrorPolicy};
+use crate::engine::{apply_and_checkpoint, DynProjector, ErrorPolicy};
 use crate::error::ProjectionError;
 use crate::projector::Tables;
 use crate::read_ahead::ReadAhead;
@@ -36,6 +48,8 @@ pub struct RebuildOptions {
     pub shadow: bool,
     /// Start over even if an interrupted rebuild could resume.
     pub restart: bool,
+    /// What to do with a bad event: stop (default), or park it in the dead letters and go on.
+    pub error_policy: ErrorPolicy,
 }
 
 impl Default for RebuildOptions {
@@ -44,6 +58,7 @@ impl Default for RebuildOptions {
             batch_size: 5000,
             shadow: false,
             restart: false,
+            error_policy: ErrorPolicy::Stop,
         }
     }
 }
@@ -68,20 +83,36 @@ pub struct RebuildReport {
     pub generation: i32,
     /// Whether it resumed an interrupted rebuild.
     pub resumed: bool,
+    /// Whether it was interrupted (by `stop`) before finishing: run it again to resume.
+    pub interrupted: bool,
     /// Events applied by this run.
     pub applied: u64,
     /// How long it took.
     pub elapsed: Duration,
 }
 
-const REBUILD_TTL: Duration = Duration::from_secs(60);
+/// How long a rebuild's lease lasts without a batch: a killed rebuild can be resumed this long
+/// after it died (an interrupted one at once).
+pub const REBUILD_TTL: Duration = Duration::from_secs(30);
 
 /// Rebuilds `name` (see the module docs), reporting progress after every batch.
 pub async fn rebuild(
     worker: &Worker,
     name: &str,
     options: &RebuildOptions,
+    progress: impl FnMut(RebuildProgress),
+) -> Result<RebuildReport, ProjectionError> {
+    rebuild_until(worker, name, options, progress, std::future::pending()).await
+}
+
+/// Rebuilds `name` until it is done or `stop` completes; then the batch in flight commits, the
+/// lease is released and the report says `interrupted`: the same call resumes.
+pub async fn rebuild_until(
+    worker: &Worker,
+    name: &str,
+    options: &RebuildOptions,
     mut progress: impl FnMut(RebuildProgress),
+    stop: impl Future<Output = ()>,
 ) -> Result<RebuildReport, ProjectionError> {
     let projector = worker
         .find(name)
@@ -96,7 +127,6 @@ pub async fn rebuild(
     } else {
         take_live(worker, projector.as_ref(), &owner, options.restart).await?
     };
-    let tables = Tables::new(projector.tables(), lease.generation)?;
     info!(
         projection = name,
         generation = lease.generation,
@@ -104,132 +134,119 @@ pub async fn rebuild(
         shadow = options.shadow,
         "rebuilding"
     );
+    let replayed = replay(
+        worker,
+        projector.as_ref(),
+        &lease,
+        options,
+        &mut progress,
+        stop,
+    )
+    .await;
+    let (applied, interrupted) = match replayed {
+        Ok(done) => done,
+        Err(error) => {
+            warn!(projection = name, generation = lease.generation, %error, "rebuild stopped");
+            if let Err(e) =
+                checkpoint::record_failure(pool, &lease, &error.to_string(), "rebuilding").await
+            {
+                warn!(projection = name, error = %e, "could not record the rebuild's failure");
+            }
+            return Err(error);
+        }
+    };
+    if interrupted {
+        checkpoint::release(pool, &lease).await?;
+        info!(
+            projection = name,
+            applied, "rebuild interrupted; run it again to resume"
+        );
+    } else if !options.shadow {
+        checkpoint::finish_rebuild(pool, &lease).await?;
+    }
+    let report = RebuildReport {
+        projection: name.to_string(),
+        generation: lease.generation,
+        resumed,
+        interrupted,
+        applied,
+        elapsed: started.elapsed(),
+    };
+    info!(projection = name, generation = lease.generation, applied, elapsed = ?report.elapsed, "rebuild finished");
+    Ok(report)
+}
+
+/// Replays the log into the leased generation and, for a shadow, switches; returns the events
+/// applied and whether `stop` interrupted it.
+async fn replay(
+    worker: &Worker,
+    projector: &dyn DynProjector,
+    lease: &Lease,
+    options: &RebuildOptions,
+    progress: &mut impl FnMut(RebuildProgress),
+    stop: impl Future<Output = ()>,
+) -> Result<(u64, bool), ProjectionError> {
+    let pool = worker.pool();
+    let tables = Tables::new(projector.tables(), lease.generation)?;
     let mut cursor = lease.cursor.clone();
     let mut applied = 0u64;
-    let mut head = head_position(pool).await?;
+    let mut head = log_head(pool).await?.0;
     // The next batch is read while this one is applied (see `read_ahead`).
     let mut batches = ReadAhead::start(pool.clone(), cursor.clone(), options.batch_size);
-    while let Some(batch) = batches.next().await {
+    tokio::pin!(stop);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = &mut stop => return Ok((applied, true)),
+            batch = batches.next() => batch,
+        };
+        let Some(batch) = batch else { break };
         let batch = batch?;
-        let mut tx = pool.begin().await?;
         let next = batch.next.clone();
-        let n = store_batch(&mut tx, worker, projector.as_ref(), &tables, &lease, batch).await?;
+        // A batch that is not full reached the head of the log: the replay has caught up. With
+        // writers appending all the time an idle batch may never come; what arrives from here on
+        // is the live worker's (in place) or the switch's (shadow).
+        let caught_up = batch.events.len() < options.batch_size;
+        let mut tx = pool.begin().await?;
+        let outcome = apply_and_checkpoint(
+            &mut tx,
+            projector,
+            &tables,
+            worker.upcasters(),
+            lease,
+            batch,
+            options.error_policy,
+            REBUILD_TTL,
+        )
+        .await?
+        .ok_or_else(|| fenced_out(lease))?;
         tx.commit().await?;
         cursor = next;
-        applied += n as u64;
+        applied += outcome.applied as u64;
         if cursor.watermark.0 >= head {
-            head = head_position(pool).await?;
+            head = log_head(pool).await?.0;
         }
         progress(RebuildProgress {
             position: cursor.watermark.0,
             head,
             applied,
         });
+        if caught_up {
+            break;
+        }
     }
     drop(batches);
-    let generation = if options.shadow {
-        applied += switch(
-            worker,
-            projector.as_ref(),
-            &tables,
-            &lease,
-            cursor,
-            options.batch_size,
-        )
-        .await?;
-        lease.generation
-    } else {
-        checkpoint::finish_rebuild(pool, &lease).await?;
-        lease.generation
-    };
-    let report = RebuildReport {
-        projection: name.to_string(),
-        generation,
-        resumed,
-        applied,
-        elapsed: started.elapsed(),
-    };
-    info!(projection = name, generation, applied, elapsed = ?report.elapsed, "rebuild finished");
-    Ok(report)
-}
-
-/// Reads and applies one batch in `tx` and saves the checkpoint; None when there was nothing.
-async fn apply_one_batch(
-    tx: &mut PgConnection,
-    worker: &Worker,
-    projector: &dyn DynProjector,
-    tables: &Tables,
-    lease: &Lease,
-    cursor: &LogCursor,
-    batch_size: usize,
-) -> Result<(Option<LogCursor>, usize), ProjectionError> {
-    let batch = read_batch(tx, cursor, batch_size).await?;
-    if batch.is_idle(cursor) {
-        return Ok((None, 0));
+    if options.shadow {
+        applied += switch(worker, projector, &tables, lease, cursor, options).await?;
     }
-    let next = batch.next.clone();
-    let applied = store_batch(tx, worker, projector, tables, lease, batch).await?;
-    Ok((Some(next), applied))
+    Ok((applied, false))
 }
 
-/// Applies `batch` in `tx` and saves the cursor after it; returns the events applied.
-async fn store_batch(
-    tx: &mut PgConnection,
-    worker: &Worker,
-    projector: &dyn DynProjector,
-    tables: &Tables,
-    lease: &Lease,
-    batch: LogBatch,
-) -> Result<usize, ProjectionError> {
-    let last_event_at = batch.events.iter().map(|e| e.recorded_at).max();
-    let outcome = projector
-        .apply_batch(
-            tx,
-            tables,
-            worker.upcasters(),
-            batch.events,
-            ErrorPolicy::Stop,
-        )
-        .await?;
-    if !checkpoint::save(
-        tx,
-        lease,
-        &batch.next,
-        outcome.applied,
-        last_event_at,
-        REBUILD_TTL,
-    )
-    .await?
-    {
-        return Err(ProjectionError::LeaseHeld {
-            projection: lease.name.clone(),
-            owner: "another process (the rebuild was fenced out)".into(),
-        });
+fn fenced_out(lease: &Lease) -> ProjectionError {
+    ProjectionError::LeaseHeld {
+        projection: lease.name.clone(),
+        owner: "another process (the rebuild was fenced out)".into(),
     }
-    Ok(outcome.applied)
-}
-
-async fn head_position(pool: &sqlx::PgPool) -> Result<i64, ProjectionError> {
-    Ok(
-        sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM es_events")
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
-fn lease_of(row: &sqlx::postgres::PgRow, owner: &str) -> Result<Lease, ProjectionError> {
-    let holes: serde_json::Value = row.try_get("holes")?;
-    Ok(Lease {
-        name: row.try_get("name")?,
-        generation: row.try_get("generation")?,
-        epoch: row.try_get("epoch")?,
-        owner: owner.to_string(),
-        cursor: LogCursor {
-            watermark: es_core::GlobalPosition(row.try_get("watermark")?),
-            holes: serde_json::from_value(holes).unwrap_or_default(),
-        },
-        state: row.try_get("state")?,
-    })
 }
 
 /// Creates a generation's tables if needed and empties them.
@@ -238,19 +255,38 @@ async fn setup_and_reset(
     projector: &dyn DynProjector,
     tables: &Tables,
 ) -> Result<(), ProjectionError> {
-    let fail = |action| {
-        move |source| ProjectionError::Projector {
-            projection: projector.name().to_string(),
-            action,
-            source,
-        }
-    };
+    let fail = |action| move |source| ProjectionError::projector(projector.name(), action, source);
     projector.setup(conn, tables).await.map_err(fail("setup"))?;
     projector.reset(conn, tables).await.map_err(fail("reset"))
 }
 
-/// Takes the live row for an in-place rebuild: resets it unless an interrupted rebuild can
-/// resume.
+/// Empties the leased generation's tables and zeroes its checkpoint, in one transaction.
+async fn reset(
+    worker: &Worker,
+    projector: &dyn DynProjector,
+    lease: Lease,
+    point_views: bool,
+) -> Result<Lease, ProjectionError> {
+    let tables = Tables::new(projector.tables(), lease.generation)?;
+    let mut tx = worker.pool().begin().await?;
+    views::lock_ddl(&mut tx, projector.name()).await?;
+    setup_and_reset(&mut tx, projector, &tables).await?;
+    if point_views {
+        views::point_views(&mut tx, &tables).await?;
+    }
+    if !checkpoint::reset_generation(&mut tx, &lease).await? {
+        return Err(fenced_out(&lease));
+    }
+    tx.commit().await?;
+    Ok(Lease {
+        cursor: LogCursor::default(),
+        state: "rebuilding".into(),
+        ..lease
+    })
+}
+
+/// Takes the live generation for an in-place rebuild: resets it unless an interrupted rebuild
+/// can resume.
 async fn take_live(
     worker: &Worker,
     projector: &dyn DynProjector,
@@ -259,52 +295,13 @@ async fn take_live(
 ) -> Result<(Lease, bool), ProjectionError> {
     let pool = worker.pool();
     let name = projector.name();
-    let mut tx = pool.begin().await?;
-    let row = sqlx::query(
-        "SELECT generation, state, owner, lease_expires_at > now() AS leased
-         FROM es_projections WHERE name = $1 AND role = 'live' FOR UPDATE",
-    )
-    .bind(name)
-    .fetch_one(&mut *tx)
-    .await?;
-    let state: String = row.try_get("state")?;
-    let holder: Option<String> = row.try_get("owner")?;
-    let leased: Option<bool> = row.try_get("leased")?;
-    let generation: i32 = row.try_get("generation")?;
-    if state == "rebuilding" && leased == Some(true) {
-        return Err(ProjectionError::LeaseHeld {
-            projection: name.to_string(),
-            owner: holder.unwrap_or_default(),
-        });
+    let Some(lease) = checkpoint::fence_for_rebuild(pool, name, owner, REBUILD_TTL).await? else {
+        return Err(checkpoint::lease_held(pool, name, "live").await?);
+    };
+    if lease.state == "rebuilding" && !restart {
+        return Ok((lease, true));
     }
-    let tables = Tables::new(projector.tables(), generation)?;
-    let resume = state == "rebuilding" && !restart;
-    if !resume {
-        setup_and_reset(&mut tx, projector, &tables).await?;
-        views::point_views(&mut tx, &tables).await?;
-        sqlx::query(
-            "UPDATE es_projections SET watermark = 0, holes = '[]', events_applied = 0,
-                 last_event_at = NULL, last_error = NULL, last_error_at = NULL
-             WHERE name = $1 AND role = 'live'",
-        )
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    }
-    // Bumping the epoch fences out a live worker: its next checkpoint write fails and rolls back.
-    let row = sqlx::query(
-        "UPDATE es_projections
-         SET state = 'rebuilding', epoch = epoch + 1, owner = $2,
-             lease_expires_at = now() + interval '60 seconds', updated_at = now()
-         WHERE name = $1 AND role = 'live'
-         RETURNING name, generation, epoch, watermark, holes, state",
-    )
-    .bind(name)
-    .bind(owner)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok((lease_of(&row, owner)?, resume))
+    Ok((reset(worker, projector, lease, true).await?, false))
 }
 
 /// Creates or resumes the shadow generation and takes its lease.
@@ -316,111 +313,64 @@ async fn take_shadow(
 ) -> Result<(Lease, bool), ProjectionError> {
     let pool = worker.pool();
     let name = projector.name();
-    let live: i32 = sqlx::query_scalar(
-        "SELECT generation FROM es_projections WHERE name = $1 AND role = 'live'",
-    )
-    .bind(name)
-    .fetch_one(pool)
-    .await?;
-    let max: i32 = sqlx::query_scalar("SELECT max(generation) FROM es_projections WHERE name = $1")
-        .bind(name)
-        .fetch_one(pool)
-        .await?;
-    sqlx::query(
-        "INSERT INTO es_projections (name, generation, role, state) VALUES ($1, $2, 'shadow', 'rebuilding')
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(name)
-    .bind(max.max(live) + 1)
-    .execute(pool)
-    .await?;
-    let row = sqlx::query(
-        "UPDATE es_projections
-         SET epoch = epoch + 1, owner = $2, lease_expires_at = now() + interval '60 seconds', updated_at = now()
-         WHERE name = $1 AND role = 'shadow' AND (owner IS NULL OR owner = $2 OR lease_expires_at < now())
-         RETURNING name, generation, epoch, watermark, holes, state, events_applied",
-    )
-    .bind(name)
-    .bind(owner)
-    .fetch_optional(pool)
-    .await?;
-    let Some(row) = row else {
-        return Err(ProjectionError::LeaseHeld {
-            projection: name.to_string(),
-            owner: "another shadow rebuild".into(),
-        });
+    let Some((lease, applied)) = checkpoint::lease_shadow(pool, name, owner, REBUILD_TTL).await?
+    else {
+        return Err(checkpoint::lease_held(pool, name, "shadow").await?);
     };
-    let lease = lease_of(&row, owner)?;
-    let fresh = lease.cursor == LogCursor::default();
-    let tables = Tables::new(projector.tables(), lease.generation)?;
-    if fresh || restart {
-        let mut tx = pool.begin().await?;
-        setup_and_reset(&mut tx, projector, &tables).await?;
-        sqlx::query(
-            "UPDATE es_projections SET watermark = 0, holes = '[]', events_applied = 0
-             WHERE name = $1 AND generation = $2",
-        )
-        .bind(name)
-        .bind(lease.generation)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let lease = Lease {
-            cursor: LogCursor::default(),
-            ..lease
-        };
-        return Ok((lease, false));
+    let fresh = lease.cursor == LogCursor::default() && applied == 0;
+    if !fresh && !restart {
+        return Ok((lease, true));
     }
-    Ok((lease, true))
+    Ok((reset(worker, projector, lease, false).await?, false))
 }
 
-/// Catches the shadow up under lock and promotes it; returns the events applied meanwhile.
+/// Catches the shadow up under the live row's lock and promotes it; returns the events applied
+/// meanwhile.
 async fn switch(
     worker: &Worker,
     projector: &dyn DynProjector,
     tables: &Tables,
     lease: &Lease,
     mut cursor: LogCursor,
-    batch_size: usize,
+    options: &RebuildOptions,
 ) -> Result<u64, ProjectionError> {
     let pool = worker.pool();
     let name = projector.name();
     let mut tx = pool.begin().await?;
-    // Waits for the live worker's batch in flight; blocks its next one until we commit.
-    let old: i32 = sqlx::query_scalar(
-        "SELECT generation FROM es_projections WHERE name = $1 AND role = 'live' FOR UPDATE",
-    )
-    .bind(name)
-    .fetch_one(&mut *tx)
-    .await?;
+    // Waits for the live worker's batch in flight; keeps its next one out until we commit. The
+    // lock gives this transaction an id, so holes found by the reads below stay unbounded until
+    // the new generation's worker reads (see es_postgres::log_reader).
+    let old = checkpoint::lock_live(&mut tx, name).await?;
+    // Catch up to the head as it is now, not to a head that writers keep moving: what commits
+    // after is the new generation's worker's to apply.
+    let head = log_head(&mut *tx).await?.0;
     let mut applied = 0u64;
-    loop {
-        let (next, n) = apply_one_batch(
-            &mut tx, worker, projector, tables, lease, &cursor, batch_size,
+    while cursor.watermark.0 < head {
+        let batch = read_batch(&mut tx, &cursor, options.batch_size).await?;
+        if batch.is_idle(&cursor) {
+            break;
+        }
+        let next = batch.next.clone();
+        let outcome = apply_and_checkpoint(
+            &mut tx,
+            projector,
+            tables,
+            worker.upcasters(),
+            lease,
+            batch,
+            options.error_policy,
+            REBUILD_TTL,
         )
-        .await?;
-        let Some(next) = next else { break };
+        .await?
+        .ok_or_else(|| fenced_out(lease))?;
         cursor = next;
-        applied += n as u64;
+        applied += outcome.applied as u64;
     }
+    views::lock_ddl(&mut tx, name).await?;
     views::point_views(&mut tx, tables).await?;
-    sqlx::query(
-        "UPDATE es_projections SET role = 'retired', epoch = epoch + 1, owner = NULL, lease_expires_at = NULL
-         WHERE name = $1 AND generation = $2",
-    )
-    .bind(name)
-    .bind(old)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE es_projections
-         SET role = 'live', state = 'running', epoch = epoch + 1, owner = NULL, lease_expires_at = NULL, updated_at = now()
-         WHERE name = $1 AND generation = $2",
-    )
-    .bind(name)
-    .bind(lease.generation)
-    .execute(&mut *tx)
-    .await?;
+    if !checkpoint::promote(&mut tx, old, lease).await? {
+        return Err(fenced_out(lease));
+    }
     tx.commit().await?;
     info!(
         projection = name,
@@ -429,11 +379,37 @@ async fn switch(
         "switched to the new generation"
     );
     let mut tx = pool.begin().await?;
-    views::drop_tables(&mut tx, &Tables::new(projector.tables(), old)?).await?;
-    sqlx::query("DELETE FROM es_projections WHERE name = $1 AND role = 'retired'")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    views::lock_ddl(&mut tx, name).await?;
+    for generation in checkpoint::delete_generations(&mut tx, name, "retired").await? {
+        views::drop_tables(&mut tx, &Tables::new(projector.tables(), generation)?).await?;
+    }
     tx.commit().await?;
     Ok(applied)
+}
+
+/// Drops an unfinished shadow generation (after a failed or unwanted shadow rebuild): its tables,
+/// its row and its ledger. Refused while a shadow rebuild holds it. Returns the generation
+/// dropped, if there was one.
+pub async fn abandon_shadow(worker: &Worker, name: &str) -> Result<Option<i32>, ProjectionError> {
+    let projector = worker
+        .find(name)
+        .cloned()
+        .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))?;
+    let pool = worker.pool();
+    let owner = format!("abandon:{}", default_owner());
+    let Some((lease, _)) = checkpoint::lease_shadow(pool, name, &owner, REBUILD_TTL).await? else {
+        return Err(checkpoint::lease_held(pool, name, "shadow").await?);
+    };
+    let mut tx = pool.begin().await?;
+    views::lock_ddl(&mut tx, name).await?;
+    for generation in checkpoint::delete_generations(&mut tx, name, "shadow").await? {
+        views::drop_tables(&mut tx, &Tables::new(projector.tables(), generation)?).await?;
+    }
+    tx.commit().await?;
+    info!(
+        projection = name,
+        generation = lease.generation,
+        "shadow generation abandoned"
+    );
+    Ok(Some(lease.generation))
 }

@@ -6,6 +6,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
+use crate::checkpoint;
 use crate::error::ProjectionError;
 
 /// One projection generation's status.
@@ -33,6 +34,19 @@ pub struct ProjectionStatus {
     pub owner: Option<String>,
     /// The last error, with when it happened.
     pub last_error: Option<(String, DateTime<Utc>)>,
+    /// The last `verify`: when, whether it passed, and its report.
+    pub last_verified: Option<Verification>,
+}
+
+/// The result of the last `verify` of a generation, as recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verification {
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// Whether every committed event up to the checkpoint had been delivered.
+    pub ok: bool,
+    /// Its one-line report.
+    pub report: String,
 }
 
 /// A transaction that holds the horizon back: holes below it cannot be settled until it ends.
@@ -61,26 +75,8 @@ pub struct Status {
 
 /// Reads the status.
 pub async fn status(pool: &PgPool) -> Result<Status, ProjectionError> {
-    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM es_events")
-        .fetch_one(pool)
-        .await?;
-    let rows = sqlx::query(
-        "SELECT p.name, p.generation, p.role, p.state, p.watermark, p.events_applied,
-                (SELECT coalesce(sum((h->>'end')::bigint - (h->>'start')::bigint + 1), 0)::bigint
-                   FROM jsonb_array_elements(p.holes) h) AS hole_positions,
-                (SELECT count(*) FROM (SELECT 1 FROM es_events e
-                    WHERE e.global_position > p.watermark LIMIT 10000000) t) AS lag_events,
-                coalesce(extract(epoch FROM now() - (SELECT min(e.recorded_at) FROM
-                    (SELECT recorded_at FROM es_events e WHERE e.global_position > p.watermark
-                     ORDER BY e.global_position LIMIT 1) e))::float8, 0) AS lag_seconds,
-                CASE WHEN p.lease_expires_at > now() THEN p.owner END AS owner,
-                p.last_error, p.last_error_at
-         FROM es_projections p
-         WHERE p.role IN ('live', 'shadow')
-         ORDER BY p.name, p.generation",
-    )
-    .fetch_all(pool)
-    .await?;
+    let head = es_postgres::log_head(pool).await?.0;
+    let rows = checkpoint::status_rows(pool).await?;
     let projections = rows
         .iter()
         .map(|r| {
@@ -98,6 +94,18 @@ pub async fn status(pool: &PgPool) -> Result<Status, ProjectionError> {
                 lag_seconds: r.try_get("lag_seconds")?,
                 owner: r.try_get("owner")?,
                 last_error: error.zip(at),
+                last_verified: match (
+                    r.try_get::<Option<DateTime<Utc>>, _>("last_verified_at")?,
+                    r.try_get::<Option<bool>, _>("last_verified_ok")?,
+                    r.try_get::<Option<String>, _>("last_verify_report")?,
+                ) {
+                    (Some(at), Some(ok), report) => Some(Verification {
+                        at,
+                        ok,
+                        report: report.unwrap_or_default(),
+                    }),
+                    _ => None,
+                },
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -140,9 +148,10 @@ impl fmt::Display for Status {
             "APPLIED",
             "LAG",
             "LAG S",
+            "VERIFIED",
             "LEASE",
         ];
-        let rows: Vec<[String; 10]> = self
+        let rows: Vec<[String; 11]> = self
             .projections
             .iter()
             .map(|p| {
@@ -156,6 +165,14 @@ impl fmt::Display for Status {
                     p.events_applied.to_string(),
                     p.lag_events.to_string(),
                     format!("{:.1}", p.lag_seconds),
+                    match &p.last_verified {
+                        Some(v) => format!(
+                            "{} {}",
+                            if v.ok { "ok" } else { "FAILED" },
+                            v.at.format("%F %T")
+                        ),
+                        None => "never".into(),
+                    },
                     p.owner.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
@@ -187,6 +204,9 @@ impl fmt::Display for Status {
                     at.format("%F %T"),
                     error
                 )?;
+            }
+            if let Some(v) = p.last_verified.as_ref().filter(|v| !v.ok) {
+                writeln!(f, "last verify of {}: {}", p.name, v.report)?;
             }
         }
         match &self.oldest_transaction {

@@ -5,12 +5,14 @@
 
 use sqlx::{PgConnection, PgPool};
 
+use crate::checkpoint;
 use crate::engine::DynProjector;
 use crate::error::ProjectionError;
 use crate::projector::Tables;
 
-/// Runs the projector's `setup` for `tables` and, when `live`, points the views at them; one
-/// transaction.
+/// Runs the projector's `setup` for `tables` and, when `live` and the generation is still the live
+/// one (a shadow switch may have retired it since its lease was taken), points the views at
+/// them; one transaction, serialised with every other DDL of the projection.
 pub async fn setup(
     pool: &PgPool,
     projector: &dyn DynProjector,
@@ -18,18 +20,27 @@ pub async fn setup(
     live: bool,
 ) -> Result<(), ProjectionError> {
     let mut tx = pool.begin().await?;
+    lock_ddl(&mut tx, projector.name()).await?;
     projector
         .setup(&mut tx, tables)
         .await
-        .map_err(|source| ProjectionError::Projector {
-            projection: projector.name().to_string(),
-            action: "setup",
-            source,
-        })?;
-    if live {
+        .map_err(|source| ProjectionError::projector(projector.name(), "setup", source))?;
+    if live && checkpoint::is_live(&mut tx, projector.name(), tables.generation()).await? {
         point_views(&mut tx, tables).await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Serialises the DDL of one projection across processes until the transaction ends: two
+/// concurrent `CREATE TABLE IF NOT EXISTS` of one table can both pass the check and one then fails
+/// on `pg_type` (a worker starting while a rebuild sets up). A transaction-level advisory lock, so
+/// it works through transaction-pooling proxies and is released at commit or rollback.
+pub async fn lock_ddl(conn: &mut PgConnection, projection: &str) -> Result<(), ProjectionError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('es_projections ddl'), hashtext($1))")
+        .bind(projection)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -43,7 +54,7 @@ pub async fn point_views(conn: &mut PgConnection, tables: &Tables) -> Result<(),
         .bind(logical)
         .fetch_optional(&mut *conn)
         .await?;
-        if current.is_some_and(|d| d.contains(&format!("FROM {physical}"))) {
+        if current.is_some_and(|d| selects_from(&d, physical)) {
             continue;
         }
         sqlx::query(&format!("DROP VIEW IF EXISTS {logical}"))
@@ -58,6 +69,18 @@ pub async fn point_views(conn: &mut PgConnection, tables: &Tables) -> Result<(),
     Ok(())
 }
 
+/// Whether a view's definition selects from `table` itself, not from a table whose name merely
+/// starts with it (`deals_g1` is not `deals_g10`).
+fn selects_from(definition: &str, table: &str) -> bool {
+    let from = format!("FROM {table}");
+    definition.match_indices(&from).any(|(at, _)| {
+        definition[at + from.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+    })
+}
+
 /// Drops a generation's tables (after a switch).
 pub async fn drop_tables(conn: &mut PgConnection, tables: &Tables) -> Result<(), ProjectionError> {
     for (_, physical) in tables.iter() {
@@ -66,4 +89,21 @@ pub async fn drop_tables(conn: &mut PgConnection, tables: &Tables) -> Result<(),
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selects_from;
+
+    #[test]
+    fn a_generation_is_not_confused_with_a_longer_one() {
+        let g10 = " SELECT deals_g10.id\n   FROM deals_g10;";
+        assert!(selects_from(g10, "deals_g10"));
+        assert!(!selects_from(g10, "deals_g1"));
+        assert!(selects_from(
+            " SELECT deals_g1.id\n   FROM deals_g1;",
+            "deals_g1"
+        ));
+        assert!(selects_from("SELECT * FROM deals_g1", "deals_g1"));
+    }
 }

@@ -9,7 +9,9 @@ use crate::checkpoint;
 use crate::error::ProjectionError;
 
 /// Waits until the live generation of `projection` covers `position` (the event there, and
-/// every event before it that committed, have been applied), or `timeout` passes.
+/// every event before it that committed, have been applied), or `timeout` passes. Returns
+/// [`ProjectionError::Failed`] at once when the projection has stopped on an error: it will not
+/// get there by itself.
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool, position: es_core::GlobalPosition) -> Result<(), es_projections::ProjectionError> {
@@ -27,9 +29,15 @@ pub async fn wait_for(
     let started = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
-        if let Some(cursor) = checkpoint::live_cursor(pool, projection).await? {
-            if cursor.covers(position) {
+        if let Some(live) = checkpoint::live_state(pool, projection).await? {
+            if live.cursor.covers(position) {
                 return Ok(());
+            }
+            if live.state == "failed" {
+                return Err(ProjectionError::Failed {
+                    projection: projection.to_string(),
+                    error: live.last_error.unwrap_or_default(),
+                });
             }
         }
         if started.elapsed() >= timeout {
@@ -42,4 +50,16 @@ pub async fn wait_for(
         tokio::time::sleep(pause.min(timeout.saturating_sub(started.elapsed()))).await;
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+}
+
+/// Where the live generation of `projection` stands (None before it has a row): its watermark
+/// and holes. [`LogCursor::covers`](es_postgres::LogCursor::covers) says whether a position has
+/// been applied.
+pub async fn live_cursor(
+    pool: &PgPool,
+    projection: &str,
+) -> Result<Option<es_postgres::LogCursor>, ProjectionError> {
+    Ok(checkpoint::live_state(pool, projection)
+        .await?
+        .map(|live| live.cursor))
 }

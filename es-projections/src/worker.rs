@@ -8,22 +8,27 @@
 //!
 //! Wake-ups come from NOTIFY on [`es_postgres::NOTIFY_CHANNEL`]; polling every
 //! [`WorkerConfig::poll_interval`] is the fallback, so a lost notification only delays.
-//! Transient database errors are retried with backoff from the checkpoint. A decode or handler
-//! error stops that projection loudly (logged with projection, stream, position and type, and
-//! stored in `es_projections.last_error`) unless the dead-letter policy is chosen.
+//! Transient database errors, also those raised inside a projector's `apply`, are retried from
+//! the checkpoint with a backoff that starts again after the next committed batch. A decode or
+//! handler error stops that projection loudly (logged with projection, stream, position and
+//! type, and stored in `es_projections.last_error`) unless the dead-letter policy is chosen.
+//!
+//! A worker whose lease is taken away (by a takeover, an in-place rebuild, or the switch of a
+//! shadow rebuild, which retires the generation it was applying) finds out at its next batch,
+//! before applying anything (`checkpoint::hold`), and follows: it takes the lease of whatever
+//! generation is live, or stands by.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use es_core::Upcasters;
-use es_postgres::{read_batch, LogCursor, NOTIFY_CHANNEL};
-use sqlx::postgres::PgListener;
+use es_postgres::{read_batch, LogCursor};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{self, Lease};
-use crate::engine::{erase, DynProjector, ErrorPolicy};
+use crate::engine::{apply_and_checkpoint, erase, DynProjector, ErrorPolicy};
 use crate::error::ProjectionError;
 use crate::projector::{Projector, Tables};
 use crate::views;
@@ -170,7 +175,12 @@ impl Worker {
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (wake_tx, wake_rx) = watch::channel(0u64);
-        let listener = tokio::spawn(listen(self.pool.clone(), wake_tx, stop_rx.clone()));
+        // In a JoinSet so that it is aborted however this future ends, dropped included: a
+        // detached listener would keep its pooled connection forever.
+        let mut listener = tokio::task::JoinSet::new();
+        listener.spawn(es_postgres::listen(self.pool.clone(), move || {
+            wake_tx.send_modify(|n| *n = n.wrapping_add(1))
+        }));
         let mut tasks = tokio::task::JoinSet::new();
         for projector in selected {
             let task = ProjectionTask {
@@ -180,6 +190,7 @@ impl Worker {
                 config: self.config.clone(),
                 stop: stop_rx.clone(),
                 wake: wake_rx.clone(),
+                committed: false,
             };
             tasks.spawn(task.run());
         }
@@ -202,33 +213,8 @@ impl Worker {
                 first_error.get_or_insert(e);
             }
         }
-        listener.abort();
+        listener.abort_all();
         first_error.map_or(Ok(()), Err)
-    }
-}
-
-/// Forwards NOTIFY wake-ups to the projection tasks; reconnects on failure.
-async fn listen(pool: PgPool, wake: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(NOTIFY_CHANNEL).await?;
-            loop {
-                listener.recv().await?;
-                wake.send_modify(|n| *n = n.wrapping_add(1));
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
-        tokio::select! {
-            result = connected => {
-                if let Err(error) = result {
-                    debug!(%error, "notification listener lost; polling until it reconnects");
-                }
-            }
-            _ = stop.changed() => return,
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -248,6 +234,8 @@ struct ProjectionTask {
     config: WorkerConfig,
     stop: watch::Receiver<bool>,
     wake: watch::Receiver<u64>,
+    /// Whether a batch committed since the last look (resets the backoff).
+    committed: bool,
 }
 
 impl ProjectionTask {
@@ -271,9 +259,15 @@ impl ProjectionTask {
 
     async fn run(mut self) -> Result<(), ProjectionError> {
         let mut retry_failed = true;
-        let mut backoff = Duration::from_millis(100);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         while !self.stopping() {
-            match self.hold_and_apply(retry_failed).await {
+            let result = self.hold_and_apply(retry_failed).await;
+            if std::mem::take(&mut self.committed) {
+                // Trouble that passed: the next blip starts from a short pause again.
+                backoff = FIRST_BACKOFF;
+            }
+            match result {
                 Ok(Held::Shutdown) => break,
                 Ok(Held::Standby) => {
                     retry_failed = false;
@@ -281,7 +275,10 @@ impl ProjectionTask {
                     self.pause(cap).await;
                 }
                 Ok(Held::Lost) => {
-                    warn!(projection = self.name(), "lease lost; standing by");
+                    info!(
+                        projection = self.name(),
+                        "lease lost; following the live generation or standing by"
+                    );
                     retry_failed = false;
                 }
                 Err(error) if error.is_transient() => {
@@ -325,10 +322,17 @@ impl ProjectionTask {
             }
             Err(error) if !error.is_transient() => {
                 error!(projection = self.name(), %error, "projection stopped");
-                if let Err(e) =
-                    checkpoint::record_failure(&self.pool, &lease, &error.to_string()).await
+                match checkpoint::record_failure(&self.pool, &lease, &error.to_string(), "failed")
+                    .await
                 {
-                    warn!(projection = self.name(), error = %e, "could not record the failure");
+                    Ok(true) => {}
+                    Ok(false) => warn!(
+                        projection = self.name(),
+                        "the failure was not recorded: the lease had been lost"
+                    ),
+                    Err(e) => {
+                        warn!(projection = self.name(), error = %e, "could not record the failure")
+                    }
                 }
             }
             _ => {}
@@ -363,42 +367,36 @@ impl ProjectionTask {
                 continue;
             }
             let count = batch.events.len();
-            let last_event_at = batch.events.iter().map(|e| e.recorded_at).max();
-            let outcome = self
-                .projector
-                .apply_batch(
-                    &mut tx,
-                    tables,
-                    &self.upcasters,
-                    batch.events,
-                    self.config.error_policy,
-                )
-                .await?;
-            if !checkpoint::save(
+            let next = batch.next.clone();
+            let Some(outcome) = apply_and_checkpoint(
                 &mut tx,
+                self.projector.as_ref(),
+                tables,
+                &self.upcasters,
                 lease,
-                &batch.next,
-                outcome.applied,
-                last_event_at,
+                batch,
+                self.config.error_policy,
                 ttl,
             )
             .await?
-            {
+            else {
                 tx.rollback().await?;
                 return Ok(Held::Lost);
-            }
+            };
             tx.commit().await?;
             renewed = Instant::now();
+            self.committed = true;
             debug!(
                 projection = self.name(),
-                position = %batch.next.watermark,
+                generation = lease.generation,
+                position = %next.watermark,
                 events = count,
                 applied = outcome.applied,
                 parked = outcome.parked,
-                holes = batch.next.holes.len(),
+                holes = next.holes.len(),
                 "batch committed"
             );
-            cursor = batch.next;
+            cursor = next;
         }
     }
 }

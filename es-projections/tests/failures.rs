@@ -293,3 +293,212 @@ async fn projectors_receive_upcast_events_only() {
 async fn wait_caught_up_named(db: &TestDatabase, name: &str) {
     wait_caught_up(&db.pool, name, Duration::from_secs(30)).await;
 }
+
+/// `wait_for` returns at once when the projection has stopped on an error, instead of waiting out
+/// its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_on_a_failed_projection_fails_at_once() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let poison = append(&store, "b", "Poison", json!(null)).await;
+    let worker = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
+        .projection(Audit { name: "audit" })
+        .unwrap()
+        .with_config(fast_config("waited"));
+    let stopped = worker.run(std::future::pending()).await;
+    assert!(stopped.is_err());
+    // A timeout of an hour: only the failure can end this wait.
+    let waited = es_projections::wait_for(
+        &db.pool,
+        "audit",
+        es_core::GlobalPosition(poison),
+        Duration::from_secs(3600),
+    )
+    .await;
+    match waited {
+        Err(ProjectionError::Failed { projection, error }) => {
+            assert_eq!(projection, "audit");
+            assert!(error.contains("poison"), "{error}");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+}
+
+/// Events of a stream the projector does not read are skipped before decoding, whatever their
+/// type: a projector need not know other contexts' event types. (An unknown type on a stream it
+/// does read stops it: `an_unregistered_event_type_stops_the_worker_with_a_typed_error`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_types_on_streams_a_projector_does_not_read_are_skipped() {
+    struct OnlyA;
+    #[async_trait::async_trait]
+    impl es_projections::Projector for OnlyA {
+        type Event = TestEvent;
+        fn name(&self) -> &str {
+            "only_a"
+        }
+        fn tables(&self) -> &[&'static str] {
+            &["only_a"]
+        }
+        fn accepts_stream(&self, stream: &StreamId) -> bool {
+            stream.as_str().starts_with("a-")
+        }
+        async fn setup(
+            &self,
+            conn: &mut sqlx::PgConnection,
+            tables: &es_projections::Tables,
+        ) -> Result<(), es_projections::ProjectorError> {
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {} (position bigint PRIMARY KEY)",
+                tables.get("only_a")?
+            );
+            sqlx::query(&sql).execute(conn).await?;
+            Ok(())
+        }
+        async fn apply(
+            &self,
+            conn: &mut sqlx::PgConnection,
+            tables: &es_projections::Tables,
+            events: &[es_core::EventEnvelope<TestEvent>],
+        ) -> Result<(), es_projections::ProjectorError> {
+            let sql = format!("INSERT INTO {} VALUES ($1)", tables.get("only_a")?);
+            for e in events {
+                sqlx::query(&sql)
+                    .bind(e.global_position.0)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        }
+    }
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    append(&store, "a-1", "Counted", json!({"n": 1})).await;
+    append(&store, "other-1", "Mystery", json!({})).await;
+    append(&store, "a-1", "Counted", json!({"n": 2})).await;
+    let worker = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
+        .projection(OnlyA)
+        .unwrap()
+        .with_config(fast_config("only-a"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    wait_caught_up_named(&db, "only_a").await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM only_a")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 2);
+    assert_verified(&worker, "only_a").await;
+}
+
+/// A lock timeout raised by the projector's own SQL (another session holds a row it needs) is a
+/// transient error: retried from the checkpoint until the lock is free, never recorded as a
+/// failure nor parked, even under the dead-letter policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_inside_apply_are_retried() {
+    struct Locking;
+    #[async_trait::async_trait]
+    impl es_projections::Projector for Locking {
+        type Event = TestEvent;
+        fn name(&self) -> &str {
+            "locking"
+        }
+        fn tables(&self) -> &[&'static str] {
+            &["locking"]
+        }
+        async fn setup(
+            &self,
+            conn: &mut sqlx::PgConnection,
+            tables: &es_projections::Tables,
+        ) -> Result<(), es_projections::ProjectorError> {
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {} (position bigint PRIMARY KEY)",
+                tables.get("locking")?
+            );
+            sqlx::query(&sql).execute(conn).await?;
+            Ok(())
+        }
+        async fn apply(
+            &self,
+            conn: &mut sqlx::PgConnection,
+            tables: &es_projections::Tables,
+            events: &[es_core::EventEnvelope<TestEvent>],
+        ) -> Result<(), es_projections::ProjectorError> {
+            sqlx::query("SET LOCAL lock_timeout = '50ms'")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("SELECT * FROM contended FOR UPDATE")
+                .execute(&mut *conn)
+                .await?;
+            let sql = format!("INSERT INTO {} VALUES ($1)", tables.get("locking")?);
+            for e in events {
+                sqlx::query(&sql)
+                    .bind(e.global_position.0)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        }
+    }
+    let db = TestDatabase::create().await;
+    sqlx::raw_sql("CREATE TABLE contended (id int PRIMARY KEY); INSERT INTO contended VALUES (1)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let store = PgEventStore::new(db.pool.clone());
+    for i in 0..5 {
+        append(&store, "s", "Counted", json!({ "n": i })).await;
+    }
+    // Hold the row the projector needs while the worker tries, through several backoffs.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT * FROM contended FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut config = fast_config("locking");
+    config.error_policy = ErrorPolicy::DeadLetter;
+    let worker = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
+        .projection(Locking)
+        .unwrap()
+        .with_config(config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (watermark, state, error): (i64, String, Option<String>) = sqlx::query_as(
+        "SELECT watermark, state, last_error FROM es_projections WHERE name = 'locking'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((watermark, state.as_str(), error), (0, "running", None));
+    holder.rollback().await.unwrap();
+    wait_caught_up_named(&db, "locking").await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM es_dead_letters")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "nothing was parked");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM locking")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 5);
+}

@@ -152,6 +152,7 @@ async fn out_of_order_commits_lose_nothing() {
         .unwrap();
     assert_eq!(applied as usize, total, "each committed event applied once");
     assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
+    assert_verified(&worker(&db, "verify"), "audit").await;
     eprintln!(
         "stress: {total} events from 16 writers ({rollbacks} rolled-back transactions) tailed in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -253,6 +254,7 @@ async fn a_long_transaction_does_not_hold_back_later_commits() {
     let _ = stop.send(());
     handle.await.unwrap();
     assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
+    assert_verified(&worker(&db, "verify"), "audit").await;
 }
 
 /// The worker task is aborted at random points many times while events flow; the final read
@@ -294,6 +296,7 @@ async fn killed_workers_resume_from_their_checkpoint() {
     handle.await.unwrap();
     assert!(kills >= 10, "killed {kills} times");
     assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
+    assert_verified(&worker(&db, "verify"), "audit").await;
 
     // A clean run of the same projector under another name produces the same rows.
     let clean = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
@@ -402,6 +405,7 @@ async fn late_commit_reaches_the_worker(third: bool) {
         .unwrap();
     assert_eq!(applied, 1, "B's event was applied");
     assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
+    assert_verified(&worker(&db, "verify"), "audit").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

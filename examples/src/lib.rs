@@ -5,8 +5,10 @@
 pub mod bank;
 pub mod deal;
 
-/// The event registry of a database holding both examples' events: every event type in the
-/// log must be registered, or a worker stops on it (even a projector that ignores it).
+/// The event registry of a database holding both examples' events. A projector stops on an
+/// event of a type it cannot decode on a stream it reads (`accepts_stream`); events of streams
+/// it does not read are skipped before decoding, whatever their type. Registering both examples'
+/// types lets one worker binary run projectors of either.
 pub fn upcasters() -> es_core::Upcasters {
     let builder = deal::register(es_core::Upcasters::builder()).register::<bank::AccountEvent>();
     // The registry is static and checked by the tests: building it cannot fail.

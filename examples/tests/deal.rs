@@ -176,6 +176,7 @@ async fn the_deals_table_equals_a_fold_of_the_events_including_legacy_rows() {
         batch_size: 300,
         shadow: true,
         restart: false,
+        ..Default::default()
     };
     es_projections::rebuild(&worker, "deals", &options, |_| {})
         .await

@@ -98,6 +98,7 @@ pub async fn child(url: &str, args: ChildArgs) -> Result<(), BenchError> {
             batch_size: BATCH_SIZE,
             shadow: false,
             restart: true,
+            ..Default::default()
         },
         |_| {},
     )

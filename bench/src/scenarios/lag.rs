@@ -183,7 +183,7 @@ async fn run_rate(
                     _ = tick.tick() => {}
                     _ = poller_stop.changed() => break,
                 }
-                let cursor = es_projections::checkpoint::live_cursor(&pool, "deals").await?;
+                let cursor = es_projections::live_cursor(&pool, "deals").await?;
                 let seen_at = Instant::now();
                 let Some(cursor) = cursor else { continue };
                 let mut pending = lock(&pending);

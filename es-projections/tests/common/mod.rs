@@ -195,3 +195,9 @@ pub async fn assert_matches_log(pool: &PgPool, applied: &str, streams: &str) {
 pub fn deadline(seconds: u64) -> Instant {
     Instant::now() + Duration::from_secs(seconds)
 }
+
+/// Runs `verify` and asserts it found every committed event delivered exactly once.
+pub async fn assert_verified(worker: &es_projections::Worker, name: &str) {
+    let report = es_projections::verify(worker, name).await.unwrap();
+    assert!(report.ok(), "verify failed: {report}");
+}

@@ -285,6 +285,7 @@ async fn deals(pool: &PgPool, deals: u64, events: u64) -> Result<(), Error> {
         batch_size: 10_000,
         shadow: true,
         restart: false,
+        ..Default::default()
     };
     let rebuilt = es_projections::rebuild(&worker, "deals", &options, |p| {
         bar.set_length(p.head.max(0) as u64);
