@@ -172,7 +172,9 @@ pub async fn rebuild_until(
         applied,
         elapsed: started.elapsed(),
     };
-    info!(projection = name, generation = lease.generation, applied, elapsed = ?report.elapsed, "rebuild finished");
+    if !interrupted {
+        info!(projection = name, generation = lease.generation, applied, elapsed = ?report.elapsed, "rebuild finished");
+    }
     Ok(report)
 }
 

@@ -421,3 +421,59 @@ async fn a_failed_shadow_rebuild_leaves_readers_alone_and_can_be_abandoned() {
             .unwrap();
     assert_eq!(shadow_tables, 0);
 }
+
+/// The fence, step by step: a live worker's batch is held mid-apply (another session locks a
+/// table it writes) when an in-place rebuild starts. The rebuild's lease waits for the batch,
+/// which commits; then the rebuild empties the tables and replays. No deadlock, no batch applied
+/// twice (the audit table's primary key would refuse it), and the worker stands by meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_waits_for_the_batch_in_flight_then_fences_it_out() {
+    let db = TestDatabase::with_max_connections(20).await;
+    let store = PgEventStore::new(db.pool.clone());
+    write(&store, 0, 50).await;
+    let live = spawn(audit_worker(&db, "gated"));
+    wait_caught_up(&db.pool, "audit", Duration::from_secs(30)).await;
+    // Stall the worker's next batch inside apply.
+    let mut gate = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE audit_streams_g1 IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    write(&store, 50, 60).await;
+    let waiting = |query: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let until = deadline(30);
+            loop {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND query LIKE $1",
+                )
+                .bind(query)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                if n > 0 {
+                    return;
+                }
+                assert!(std::time::Instant::now() < until, "nobody waits on {query}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // The worker holds its row (hold.sql) and waits for our table lock.
+    waiting("%audit_streams%").await;
+    let rebuilder = audit_worker(&db, "fencer");
+    let rebuilding = tokio::spawn(async move {
+        rebuild(&rebuilder, "audit", &RebuildOptions::default(), |_| {}).await
+    });
+    // The rebuild's lease waits for the worker's batch.
+    waiting("%Takes the live generation's lease for an in-place rebuild%").await;
+    gate.rollback().await.unwrap();
+    let report = rebuilding.await.unwrap().unwrap();
+    assert_eq!(report.applied, 60);
+    wait_caught_up(&db.pool, "audit", Duration::from_secs(30)).await;
+    stop(live).await;
+    assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
+    assert_verified(&audit_worker(&db, "check"), "audit").await;
+}

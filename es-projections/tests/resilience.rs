@@ -63,4 +63,8 @@ async fn killed_connections_are_retried_from_the_checkpoint() {
     let _ = stop.send(());
     running.await.unwrap().unwrap();
     assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
+    let checker = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
+        .projection(Audit { name: "audit" })
+        .unwrap();
+    assert_verified(&checker, "audit").await;
 }

@@ -2,7 +2,8 @@
 //! and retries). Then the CRM deal case: load a skewed workload through the framework (legacy v1
 //! rows included), project it into the indexed `deals` table with a worker, compare a filtered
 //! query on the table with folding every deal on the fly, rebuild the projection as a shadow and
-//! check the table is identical, and show the status. Run it with `scripts/demo [--deals N]
+//! check the table is identical, verify that the projection was given every committed event,
+//! and show the status. Run it with `scripts/demo [--deals N]
 //! [--events N]`; the real case is `scripts/demo --deals 80000 --events 2000000`.
 
 use std::sync::{Arc, Mutex};
@@ -307,6 +308,14 @@ async fn deals(pool: &PgPool, deals: u64, events: u64) -> Result<(), Error> {
         return Err("the rebuilt table differs from the live one".into());
     }
     println!("identical");
+
+    println!("\n== Verify: every committed event was delivered to the projection");
+    let started = Instant::now();
+    let report = es_projections::verify(&worker, "deals").await?;
+    println!("{report} (in {:.2} s)", started.elapsed().as_secs_f64());
+    if !report.ok() {
+        return Err("verify found events the projection never saw".into());
+    }
 
     println!("\n== Status");
     print!("{}", es_projections::status(pool).await?);
