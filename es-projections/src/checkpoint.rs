@@ -210,8 +210,8 @@ async fn release_as(
     pool: &PgPool,
     lease: &Lease,
     state: Option<&str>,
-) -> Result<(), ProjectionError> {
-    sqlx::query(include_str!("sql/release.sql"))
+) -> Result<bool, ProjectionError> {
+    let released = sqlx::query(include_str!("sql/release.sql"))
         .bind(&lease.name)
         .bind(lease.generation)
         .bind(lease.epoch)
@@ -219,16 +219,17 @@ async fn release_as(
         .bind(state)
         .execute(pool)
         .await?;
-    Ok(())
+    Ok(released.rows_affected() == 1)
 }
 
 /// Gives the lease up so that a standby (or the same rebuild run again) takes over at once.
 pub(crate) async fn release(pool: &PgPool, lease: &Lease) -> Result<(), ProjectionError> {
-    release_as(pool, lease, None).await
+    release_as(pool, lease, None).await.map(|_| ())
 }
 
 /// Ends an in-place rebuild: the projection is `running` again and its lease free for workers.
-pub(crate) async fn finish_rebuild(pool: &PgPool, lease: &Lease) -> Result<(), ProjectionError> {
+/// False when the lease had been lost.
+pub(crate) async fn finish_rebuild(pool: &PgPool, lease: &Lease) -> Result<bool, ProjectionError> {
     release_as(pool, lease, Some("running")).await
 }
 
@@ -370,6 +371,16 @@ pub(crate) async fn reset_generation(
         .fetch_one(conn)
         .await?;
     Ok(reset == 1)
+}
+
+/// Whether the projection has a shadow generation.
+pub(crate) async fn has_shadow(pool: &PgPool, name: &str) -> Result<bool, ProjectionError> {
+    let row = sqlx::query(include_str!("sql/lease_holder.sql"))
+        .bind(name)
+        .bind("shadow")
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.is_some())
 }
 
 /// Creates the shadow generation if there is none and takes its lease; None while another

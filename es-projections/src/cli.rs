@@ -239,7 +239,7 @@ async fn execute(
             match rebuilt {
                 Err(error) => {
                     eprintln!(
-                        "the rebuild stopped; its error is recorded (see `status`). Fix the cause and run the same command to resume{}.",
+                        "the rebuild stopped (`status` shows the projection's state and any recorded error). Fix the cause and run the same command to resume{}.",
                         if shadow { ", or `rebuild NAME --abandon` to drop the shadow" } else { ", or add --dead-letter to park bad events" }
                     );
                     return Err(error.into());

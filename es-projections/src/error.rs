@@ -95,6 +95,9 @@ pub enum ProjectionError {
         /// Its recorded error.
         error: String,
     },
+    /// The projection has no checkpoint yet: no worker or rebuild has run it.
+    #[error("projection {0} has no checkpoint yet: run a worker or a rebuild first")]
+    NoCheckpoint(String),
     /// No projection of that name is registered with this binary.
     #[error("no projection named {0} is registered")]
     UnknownProjection(String),

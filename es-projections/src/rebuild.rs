@@ -161,8 +161,8 @@ pub async fn rebuild_until(
             projection = name,
             applied, "rebuild interrupted; run it again to resume"
         );
-    } else if !options.shadow {
-        checkpoint::finish_rebuild(pool, &lease).await?;
+    } else if !options.shadow && !checkpoint::finish_rebuild(pool, &lease).await? {
+        return Err(fenced_out(&lease));
     }
     let report = RebuildReport {
         projection: name.to_string(),
@@ -208,7 +208,7 @@ async fn replay(
         // A batch that is not full reached the head of the log: the replay has caught up. With
         // writers appending all the time an idle batch may never come; what arrives from here on
         // is the live worker's (in place) or the switch's (shadow).
-        let caught_up = batch.events.len() < options.batch_size;
+        let caught_up = batch.events.len() < options.batch_size.max(1);
         let mut tx = pool.begin().await?;
         let outcome = apply_and_checkpoint(
             &mut tx,
@@ -303,7 +303,14 @@ async fn take_live(
     if lease.state == "rebuilding" && !restart {
         return Ok((lease, true));
     }
-    Ok((reset(worker, projector, lease, true).await?, false))
+    match reset(worker, projector, lease.clone(), true).await {
+        Ok(lease) => Ok((lease, false)),
+        Err(error) => {
+            // Nothing was reset (one transaction): give the projection back to its workers.
+            checkpoint::release(pool, &lease).await?;
+            Err(error)
+        }
+    }
 }
 
 /// Creates or resumes the shadow generation and takes its lease.
@@ -323,7 +330,13 @@ async fn take_shadow(
     if !fresh && !restart {
         return Ok((lease, true));
     }
-    Ok((reset(worker, projector, lease, false).await?, false))
+    match reset(worker, projector, lease.clone(), false).await {
+        Ok(lease) => Ok((lease, false)),
+        Err(error) => {
+            checkpoint::release(pool, &lease).await?;
+            Err(error)
+        }
+    }
 }
 
 /// Catches the shadow up under the live row's lock and promotes it; returns the events applied
@@ -339,6 +352,9 @@ async fn switch(
     let pool = worker.pool();
     let name = projector.name();
     let mut tx = pool.begin().await?;
+    // The projection's DDL lock first, as every DDL path takes it before any row: an in-place
+    // reset (DDL lock, then the live row) cannot wait on us in a cycle.
+    views::lock_ddl(&mut tx, name).await?;
     // Waits for the live worker's batch in flight; keeps its next one out until we commit. The
     // lock gives this transaction an id, so holes found by the reads below stay unbounded until
     // the new generation's worker reads (see es_postgres::log_reader).
@@ -368,7 +384,6 @@ async fn switch(
         cursor = next;
         applied += outcome.applied as u64;
     }
-    views::lock_ddl(&mut tx, name).await?;
     views::point_views(&mut tx, tables).await?;
     if !checkpoint::promote(&mut tx, old, lease).await? {
         return Err(fenced_out(lease));
@@ -380,13 +395,27 @@ async fn switch(
         to = lease.generation,
         "switched to the new generation"
     );
+    // The switch is done; dropping the old tables may wait on a long reader of them. If it
+    // fails, the retired generation is dropped by the next switch.
+    if let Err(error) = drop_retired(pool, projector).await {
+        warn!(projection = name, %error, "the old generation's tables were not dropped yet");
+    }
+    Ok(applied)
+}
+
+/// Drops the retired generations' tables and rows.
+async fn drop_retired(
+    pool: &sqlx::PgPool,
+    projector: &dyn DynProjector,
+) -> Result<(), ProjectionError> {
+    let name = projector.name();
     let mut tx = pool.begin().await?;
     views::lock_ddl(&mut tx, name).await?;
     for generation in checkpoint::delete_generations(&mut tx, name, "retired").await? {
         views::drop_tables(&mut tx, &Tables::new(projector.tables(), generation)?).await?;
     }
     tx.commit().await?;
-    Ok(applied)
+    Ok(())
 }
 
 /// Drops an unfinished shadow generation (after a failed or unwanted shadow rebuild): its tables,
@@ -398,6 +427,9 @@ pub async fn abandon_shadow(worker: &Worker, name: &str) -> Result<Option<i32>, 
         .cloned()
         .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))?;
     let pool = worker.pool();
+    if !checkpoint::has_shadow(pool, name).await? {
+        return Ok(None);
+    }
     let owner = format!("abandon:{}", default_owner());
     let Some((lease, _)) = checkpoint::lease_shadow(pool, name, &owner, REBUILD_TTL).await? else {
         return Err(checkpoint::lease_held(pool, name, "shadow").await?);

@@ -119,9 +119,7 @@ pub async fn verify(worker: &Worker, name: &str) -> Result<VerifyReport, Project
         .execute(&mut *tx)
         .await?;
     let Some(state) = checkpoint::verify_state(&mut tx, name).await? else {
-        return Err(ProjectionError::UnknownProjection(format!(
-            "{name} (it has no checkpoint yet: run a worker first)"
-        )));
+        return Err(ProjectionError::NoCheckpoint(name.to_string()));
     };
     let (from, to) = (state.ledger_from, state.cursor.watermark.0);
     let delivered = checkpoint::ledger_delivered(&mut tx, name, state.generation, from, to).await?;

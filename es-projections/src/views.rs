@@ -21,11 +21,17 @@ pub async fn setup(
 ) -> Result<(), ProjectionError> {
     let mut tx = pool.begin().await?;
     lock_ddl(&mut tx, projector.name()).await?;
+    if live && !checkpoint::is_live(&mut tx, projector.name(), tables.generation()).await? {
+        // Retired by a switch since its lease was taken (its tables may be dropped already):
+        // creating them again would leave tables nobody drops. The holder's next batch finds
+        // the lease gone and follows the live generation.
+        return Ok(());
+    }
     projector
         .setup(&mut tx, tables)
         .await
         .map_err(|source| ProjectionError::projector(projector.name(), "setup", source))?;
-    if live && checkpoint::is_live(&mut tx, projector.name(), tables.generation()).await? {
+    if live {
         point_views(&mut tx, tables).await?;
     }
     tx.commit().await?;

@@ -412,6 +412,13 @@ async fn a_failed_shadow_rebuild_leaves_readers_alone_and_can_be_abandoned() {
             .unwrap(),
         Some(2)
     );
+    assert_eq!(
+        es_projections::abandon_shadow(&worker, "audit")
+            .await
+            .unwrap(),
+        None,
+        "nothing left to abandon"
+    );
     let status = es_projections::status(&db.pool).await.unwrap();
     assert!(status.projections.iter().all(|p| p.role == "live"));
     let shadow_tables: i64 =

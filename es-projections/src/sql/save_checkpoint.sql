@@ -7,6 +7,10 @@
 WITH fenced AS (
     UPDATE es_projections
     SET watermark = $5, holes = $6, events_applied = events_applied + $7,
+        -- A watermark moved since the last ledger write was moved by a binary that writes no
+        -- ledger: what it applied cannot be judged (the right-hand sides read the old row).
+        ledger_from = CASE WHEN ledger_watermark = watermark THEN ledger_from ELSE watermark END,
+        ledger_watermark = $5,
         last_event_at = coalesce($8, last_event_at),
         lease_expires_at = clock_timestamp() + $9 * interval '1 millisecond',
         updated_at = clock_timestamp()
