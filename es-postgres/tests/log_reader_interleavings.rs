@@ -386,6 +386,20 @@ fn counts(script: &Script) -> Vec<usize> {
     counts
 }
 
+/// Runs `script` in every interleaving of its steps (there must be `expected` of them) on a fresh
+/// database, checking each.
+async fn explore_every_interleaving(script: Script, expected: usize) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let db = TestDatabase::create().await;
+    let mut explorer = Explorer::new(&db, script.writers.len()).await;
+    let schedules = interleavings(&counts(&script));
+    assert_eq!(schedules.len(), expected);
+    for schedule in &schedules {
+        explorer.run(&script, schedule).await;
+    }
+    eprintln!("explored {} schedules", explorer.schedules);
+}
+
 /// The case that lost an event with the old bound, step by step: A appends, B appends, A appends
 /// again and commits, the reader reads twice, B commits. B's event must arrive.
 #[tokio::test]
@@ -410,9 +424,6 @@ async fn the_three_session_case_delivers_the_late_commit() {
 /// commits, the reader reads three times.
 #[tokio::test]
 async fn every_interleaving_of_two_writers_and_a_reader() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let db = TestDatabase::create().await;
-    let mut explorer = Explorer::new(&db, 2).await;
     let script = Script {
         writers: vec![
             vec![Step::Append(1), Step::Append(1), Step::Commit],
@@ -420,12 +431,7 @@ async fn every_interleaving_of_two_writers_and_a_reader() {
         ],
         reads: vec![Read::Batch, Read::Batch, Read::Batch],
     };
-    let schedules = interleavings(&counts(&script));
-    assert_eq!(schedules.len(), 560);
-    for schedule in &schedules {
-        explorer.run(&script, schedule).await;
-    }
-    eprintln!("explored {} schedules", explorer.schedules);
+    explore_every_interleaving(script, 560).await;
 }
 
 /// Every interleaving of its variant with a third transaction C that only takes an id (so it may
@@ -433,9 +439,6 @@ async fn every_interleaving_of_two_writers_and_a_reader() {
 /// bound moved by one.
 #[tokio::test]
 async fn every_interleaving_with_a_third_transaction_in_between() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let db = TestDatabase::create().await;
-    let mut explorer = Explorer::new(&db, 3).await;
     let script = Script {
         writers: vec![
             vec![Step::Append(1), Step::Append(1), Step::Commit],
@@ -444,12 +447,7 @@ async fn every_interleaving_with_a_third_transaction_in_between() {
         ],
         reads: vec![Read::Batch, Read::Batch],
     };
-    let schedules = interleavings(&counts(&script));
-    assert_eq!(schedules.len(), 7560);
-    for schedule in &schedules {
-        explorer.run(&script, schedule).await;
-    }
-    eprintln!("explored {} schedules", explorer.schedules);
+    explore_every_interleaving(script, 7560).await;
 }
 
 /// A reader that took its transaction id before writers took theirs cannot bound the holes it
@@ -457,9 +455,6 @@ async fn every_interleaving_with_a_third_transaction_in_between() {
 /// twice.
 #[tokio::test]
 async fn every_interleaving_with_a_reader_that_holds_an_older_id() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let db = TestDatabase::create().await;
-    let mut explorer = Explorer::new(&db, 2).await;
     let script = Script {
         writers: vec![
             vec![Step::Append(1), Step::Commit],
@@ -467,12 +462,7 @@ async fn every_interleaving_with_a_reader_that_holds_an_older_id() {
         ],
         reads: vec![Read::BeginWithXid, Read::Batch, Read::Batch],
     };
-    let schedules = interleavings(&counts(&script));
-    assert_eq!(schedules.len(), 210);
-    for schedule in &schedules {
-        explorer.run(&script, schedule).await;
-    }
-    eprintln!("explored {} schedules", explorer.schedules);
+    explore_every_interleaving(script, 210).await;
 }
 
 /// A random transaction: maybe an id taken early, appends of one to three events, maybe a
