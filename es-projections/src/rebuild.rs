@@ -210,21 +210,11 @@ async fn replay(
         // is the live worker's (in place) or the switch's (shadow).
         let caught_up = batch.events.len() < options.batch_size.max(1);
         let mut tx = pool.begin().await?;
-        let outcome = apply_and_checkpoint(
-            &mut tx,
-            projector,
-            &tables,
-            worker.upcasters(),
-            lease,
-            batch,
-            options.error_policy,
-            REBUILD_TTL,
-        )
-        .await?
-        .ok_or_else(|| fenced_out(lease))?;
+        let applied_now =
+            apply_fenced(&mut tx, worker, projector, &tables, lease, batch, options).await?;
         tx.commit().await?;
         cursor = next;
-        applied += outcome.applied as u64;
+        applied += applied_now;
         if cursor.watermark.0 >= head {
             head = log_head(pool).await?.0;
         }
@@ -242,6 +232,32 @@ async fn replay(
         applied += switch(worker, projector, &tables, lease, cursor, options).await?;
     }
     Ok((applied, false))
+}
+
+/// Applies one batch of a rebuild and its checkpoint in `tx`, under the rebuild's policy and
+/// lease; the events applied. Fenced out is an error: another process took the generation.
+async fn apply_fenced(
+    tx: &mut PgConnection,
+    worker: &Worker,
+    projector: &dyn DynProjector,
+    tables: &Tables,
+    lease: &Lease,
+    batch: es_postgres::LogBatch,
+    options: &RebuildOptions,
+) -> Result<u64, ProjectionError> {
+    let outcome = apply_and_checkpoint(
+        tx,
+        projector,
+        tables,
+        worker.upcasters(),
+        lease,
+        batch,
+        options.error_policy,
+        REBUILD_TTL,
+    )
+    .await?
+    .ok_or_else(|| fenced_out(lease))?;
+    Ok(outcome.applied as u64)
 }
 
 fn fenced_out(lease: &Lease) -> ProjectionError {
@@ -369,20 +385,10 @@ async fn switch(
             break;
         }
         let next = batch.next.clone();
-        let outcome = apply_and_checkpoint(
-            &mut tx,
-            projector,
-            tables,
-            worker.upcasters(),
-            lease,
-            batch,
-            options.error_policy,
-            REBUILD_TTL,
-        )
-        .await?
-        .ok_or_else(|| fenced_out(lease))?;
+        let applied_now =
+            apply_fenced(&mut tx, worker, projector, tables, lease, batch, options).await?;
         cursor = next;
-        applied += outcome.applied as u64;
+        applied += applied_now;
     }
     views::point_views(&mut tx, tables).await?;
     if !checkpoint::promote(&mut tx, old, lease).await? {

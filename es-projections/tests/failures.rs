@@ -102,17 +102,9 @@ async fn the_dead_letter_policy_parks_the_event_and_applies_the_rest() {
         .projection(Audit { name: "audit" })
         .unwrap()
         .with_config(config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = spawn(worker.clone());
     wait_caught_up(&db.pool, "audit", Duration::from_secs(30)).await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     let parked: Vec<(i64, String)> = sqlx::query_as(
         "SELECT global_position, event_type FROM es_dead_letters WHERE projection = 'audit' ORDER BY global_position",
     )
@@ -269,17 +261,9 @@ async fn projectors_receive_upcast_events_only() {
         .projection(Sums)
         .unwrap()
         .with_config(fast_config("upcast"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = spawn(worker.clone());
     wait_caught_up_named(&db, "sums").await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     let rows: Vec<(i64, String)> = sqlx::query_as("SELECT n, unit FROM sums ORDER BY n")
         .fetch_all(&db.pool)
         .await
@@ -379,20 +363,9 @@ async fn unknown_types_on_streams_a_projector_does_not_read_are_skipped() {
         .projection(OnlyA)
         .unwrap()
         .with_config(fast_config("only-a"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let worker = worker.clone();
-        tokio::spawn(async move {
-            worker
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
+    let running = spawn(worker.clone());
     wait_caught_up_named(&db, "only_a").await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM only_a")
         .fetch_one(&db.pool)
         .await
@@ -471,14 +444,7 @@ async fn transient_errors_inside_apply_are_retried() {
         .projection(Locking)
         .unwrap()
         .with_config(config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = spawn(worker.clone());
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (watermark, state, error): (i64, String, Option<String>) = sqlx::query_as(
         "SELECT watermark, state, last_error FROM es_projections WHERE name = 'locking'",
@@ -489,8 +455,7 @@ async fn transient_errors_inside_apply_are_retried() {
     assert_eq!((watermark, state.as_str(), error), (0, "running", None));
     holder.rollback().await.unwrap();
     wait_caught_up_named(&db, "locking").await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM es_dead_letters")
         .fetch_one(&db.pool)
         .await
@@ -501,4 +466,72 @@ async fn transient_errors_inside_apply_are_retried() {
         .await
         .unwrap();
     assert_eq!(applied, 5);
+}
+
+/// A batch that takes longer than the lease extends the lease from its end, not its start: right
+/// after such a batch commits, the lease is still current (with the transaction's start time it
+/// would already have expired, and a standby could take over at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_batch_extends_its_lease_from_its_end() {
+    struct Slow;
+    #[async_trait::async_trait]
+    impl es_projections::Projector for Slow {
+        type Event = TestEvent;
+        fn name(&self) -> &str {
+            "slow"
+        }
+        fn tables(&self) -> &[&'static str] {
+            &["slow"]
+        }
+        async fn setup(
+            &self,
+            conn: &mut sqlx::PgConnection,
+            tables: &es_projections::Tables,
+        ) -> Result<(), es_projections::ProjectorError> {
+            let sql = format!("CREATE TABLE IF NOT EXISTS {} (n int)", tables.get("slow")?);
+            sqlx::query(&sql).execute(conn).await?;
+            Ok(())
+        }
+        async fn apply(
+            &self,
+            _: &mut sqlx::PgConnection,
+            _: &es_projections::Tables,
+            _: &[es_core::EventEnvelope<TestEvent>],
+        ) -> Result<(), es_projections::ProjectorError> {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(())
+        }
+    }
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let mut config = fast_config("slow");
+    config.lease_ttl = Duration::from_secs(1);
+    let worker = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
+        .projection(Slow)
+        .unwrap()
+        .with_config(config);
+    let running = spawn(worker.clone());
+    append(&store, "s", "Counted", json!({"n": 1})).await;
+    let until = deadline(30);
+    let current = loop {
+        let row: Option<(i64, bool)> = sqlx::query_as(
+            "SELECT watermark, coalesce(lease_expires_at > clock_timestamp(), false) FROM es_projections
+             WHERE name = 'slow'",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        if let Some((watermark, current)) = row {
+            if watermark > 0 {
+                break current;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the batch never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(current, "the lease expired with the batch that extended it");
+    running.stop().await;
 }

@@ -167,28 +167,6 @@ fn audit_worker(db: &TestDatabase, owner: &str) -> Worker {
         .with_config(fast_config(owner))
 }
 
-type Running = (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), ProjectionError>>,
-);
-
-fn spawn(worker: Worker) -> Running {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    (stop, handle)
-}
-
-async fn stop((stop, handle): Running) {
-    let _ = stop.send(());
-    handle.await.unwrap().unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_interrupted_rebuild_resumes_at_once() {
     let db = TestDatabase::with_max_connections(20).await;
@@ -289,7 +267,7 @@ async fn rebuilds_beside_a_busy_worker_succeed() {
     assert_eq!(live_row.state, "running");
     assert_eq!(live_row.generation, 21);
     assert!(live_row.last_error.is_none(), "{:?}", live_row.last_error);
-    stop(live).await;
+    live.stop().await;
     assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
     assert_verified(&rebuilder, "audit").await;
 }
@@ -315,11 +293,11 @@ async fn an_idle_worker_follows_a_shadow_switch() {
         write(&store, 300, 310).await;
         wait_caught_up(&db.pool, "audit", Duration::from_secs(30)).await;
     }
-    assert!(!live.1.is_finished(), "the live worker is still running");
+    assert!(!live.is_finished(), "the live worker is still running");
     let status = es_projections::status(&db.pool).await.unwrap();
     assert_eq!(status.projections[0].generation, 4);
     assert!(status.projections[0].last_error.is_none());
-    stop(live).await;
+    live.stop().await;
     assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
 }
 
@@ -480,7 +458,7 @@ async fn a_rebuild_waits_for_the_batch_in_flight_then_fences_it_out() {
     let report = rebuilding.await.unwrap().unwrap();
     assert_eq!(report.applied, 60);
     wait_caught_up(&db.pool, "audit", Duration::from_secs(30)).await;
-    stop(live).await;
+    live.stop().await;
     assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
     assert_verified(&audit_worker(&db, "check"), "audit").await;
 }

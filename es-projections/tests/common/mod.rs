@@ -201,3 +201,35 @@ pub async fn assert_verified(worker: &es_projections::Worker, name: &str) {
     let report = es_projections::verify(worker, name).await.unwrap();
     assert!(report.ok(), "verify failed: {report}");
 }
+
+/// A worker running in a task until [`Running::stop`].
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<Result<(), es_projections::ProjectionError>>,
+}
+
+/// Runs `worker` in a task.
+pub fn spawn(worker: es_projections::Worker) -> Running {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Running { stop, handle }
+}
+
+impl Running {
+    /// Whether the worker stopped by itself.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Shuts it down and asserts it ran without error.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.unwrap().unwrap();
+    }
+}
