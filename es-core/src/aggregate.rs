@@ -1,5 +1,6 @@
 //! The [`Aggregate`] trait: commands in, events out, state folded from events.
 
+use crate::commit::UniqueChange;
 use crate::event::DomainEvent;
 
 /// A consistency boundary whose state is the fold of its stream's events.
@@ -58,4 +59,15 @@ pub trait Aggregate: Default + Send + Sync + 'static {
 
     /// Folds one event into the state.
     fn apply(&mut self, event: &Self::Event);
+
+    /// The unique values an event claims for its stream or releases (an e-mail address across
+    /// all users): the repository writes them in the same transaction as the event, and a
+    /// value another stream holds refuses the command with
+    /// [`StoreError::UniqueValueTaken`](crate::StoreError::UniqueValueTaken). None by default.
+    ///
+    /// It must depend on the event alone, so that the claims can be rebuilt from the log.
+    fn unique_changes(event: &Self::Event) -> Vec<UniqueChange> {
+        let _ = event;
+        Vec::new()
+    }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::commit::{Commit, IdempotencyKey, StreamAppend, UniqueChange};
 use crate::error::StoreError;
 use crate::event::{EventData, FoldEvent, Metadata, RecordedEvent};
 use crate::store::EventStore;
@@ -41,6 +42,12 @@ where
     bad_input_writes_nothing(factory().await).await;
     concurrent_appends_have_one_winner(Arc::new(factory().await), 32).await;
     concurrent_writers_on_distinct_streams(Arc::new(factory().await), 8, 200).await;
+    commits_are_all_or_nothing(factory().await).await;
+    duplicate_event_ids_are_refused(factory().await).await;
+    idempotent_commits_replay(Arc::new(factory().await), 16).await;
+    unique_values_have_one_holder(Arc::new(factory().await), 32).await;
+    stream_exists_never_conflicts_on_an_existing_stream(Arc::new(factory().await), 16).await;
+    stored_event_types_are_listed(factory().await).await;
 }
 
 /// Appended events read back exactly, with versions 1..n and growing positions.
@@ -376,4 +383,406 @@ pub async fn concurrent_writers_on_distinct_streams<S: EventStore>(
             "each stream holds its writer's events in order"
         );
     }
+}
+
+fn part(name: &str, expected: ExpectedVersion, events: Vec<EventData>) -> StreamAppend {
+    StreamAppend::new(stream(name), expected, events)
+}
+
+/// A commit over several streams writes all of them or none, and a conflict names the stream
+/// whose expected version did not hold.
+pub async fn commits_are_all_or_nothing<S: EventStore>(store: S) {
+    store
+        .append(
+            &stream("commit-a"),
+            ExpectedVersion::NoStream,
+            events(1, "seed"),
+        )
+        .await
+        .expect("seed a");
+    let wrong = Commit::new()
+        .with(part(
+            "commit-a",
+            ExpectedVersion::Exact(StreamVersion(1)),
+            events(2, "bad"),
+        ))
+        .with(part(
+            "commit-b",
+            ExpectedVersion::Exact(StreamVersion(5)),
+            events(1, "bad"),
+        ));
+    match store.commit(wrong).await {
+        Err(StoreError::Conflict {
+            stream: s,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(
+                s,
+                stream("commit-b"),
+                "the conflict names the stream that did not hold"
+            );
+            assert_eq!(expected, ExpectedVersion::Exact(StreamVersion(5)));
+            assert_eq!(actual, None);
+        }
+        other => panic!("a commit with one wrong version must conflict, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .stream_version(&stream("commit-a"))
+            .await
+            .expect("version"),
+        Some(StreamVersion(1)),
+        "a failed commit writes none of its streams"
+    );
+    let right = Commit::new()
+        .with(part("commit-b", ExpectedVersion::NoStream, events(1, "ok")))
+        .with(part(
+            "commit-a",
+            ExpectedVersion::Exact(StreamVersion(1)),
+            events(2, "ok"),
+        ));
+    let committed = store
+        .commit(right)
+        .await
+        .expect("a commit whose versions hold");
+    assert!(!committed.replayed);
+    let outcome: Vec<(String, u64, u64)> = committed
+        .streams
+        .iter()
+        .map(|s| (s.stream.to_string(), s.events, s.stream_version.0))
+        .collect();
+    assert_eq!(
+        outcome,
+        vec![("commit-b".into(), 1, 1), ("commit-a".into(), 2, 3)],
+        "outcomes in the order of the commit's parts"
+    );
+    let all = store
+        .read_all(GlobalPosition::START, 100)
+        .await
+        .expect("read all");
+    assert_eq!(all.len(), 4);
+    assert_eq!(committed.global_position(), all[3].global_position);
+    for written in &committed.streams {
+        let read = store
+            .read_stream(&written.stream, written.previous_version(), None)
+            .await
+            .expect("read");
+        assert_eq!(read.len() as u64, written.events);
+        assert_eq!(
+            read.last().map(|e| e.global_position),
+            Some(written.global_position)
+        );
+    }
+    let empty = store.commit(Commit::new()).await;
+    assert!(
+        matches!(empty, Err(StoreError::InvalidCommit { .. })),
+        "{empty:?}"
+    );
+}
+
+/// An event id is stored once: appending it again, alone or in a commit, is a typed error
+/// that writes nothing.
+pub async fn duplicate_event_ids_are_refused<S: EventStore>(store: S) {
+    let first = events(1, "first");
+    store
+        .append(&stream("dup-a"), ExpectedVersion::NoStream, first.clone())
+        .await
+        .expect("first append");
+    let again = store
+        .append(&stream("dup-b"), ExpectedVersion::NoStream, first.clone())
+        .await;
+    assert!(
+        matches!(&again, Err(StoreError::DuplicateEventId { event_id }) if *event_id == first[0].event_id),
+        "{again:?}"
+    );
+    let mut mixed = events(2, "mixed");
+    mixed.push(first[0].clone());
+    let in_commit = store
+        .commit(
+            Commit::new()
+                .with(part("dup-c", ExpectedVersion::NoStream, events(1, "c")))
+                .with(part(
+                    "dup-a",
+                    ExpectedVersion::Exact(StreamVersion(1)),
+                    mixed,
+                )),
+        )
+        .await;
+    assert!(
+        matches!(in_commit, Err(StoreError::DuplicateEventId { .. })),
+        "{in_commit:?}"
+    );
+    let all = store
+        .read_all(GlobalPosition::START, 100)
+        .await
+        .expect("read all");
+    assert_eq!(all.len(), 1, "a refused duplicate writes nothing");
+}
+
+/// A commit whose idempotency key is stored writes nothing and returns the first outcome,
+/// even when `tasks` executions race; the same key for another request is a typed error.
+pub async fn idempotent_commits_replay<S: EventStore>(store: Arc<S>, tasks: usize) {
+    let key = IdempotencyKey::for_request("order-7/pay", &json!({ "pay": 10 })).expect("key");
+    let commit = |tag: &str| {
+        Commit::new()
+            .with(part("idem-a", ExpectedVersion::Any, events(1, tag)))
+            .with(part("idem-b", ExpectedVersion::Any, events(2, tag)))
+            .idempotent(key.clone())
+    };
+    let barrier = Arc::new(tokio::sync::Barrier::new(tasks));
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let (store, barrier, commit) =
+                (store.clone(), barrier.clone(), commit(&format!("t{task}")));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.commit(commit).await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for handle in handles {
+        outcomes.push(
+            handle
+                .await
+                .expect("task")
+                .expect("an idempotent commit succeeds"),
+        );
+    }
+    assert_eq!(
+        outcomes.iter().filter(|o| !o.replayed).count(),
+        1,
+        "exactly one of {tasks} racing executions writes"
+    );
+    assert!(
+        outcomes.windows(2).all(|w| w[0].streams == w[1].streams),
+        "every execution returns the first outcome"
+    );
+    let all = store
+        .read_all(GlobalPosition::START, 100)
+        .await
+        .expect("read all");
+    assert_eq!(all.len(), 3, "one set of events");
+    let later = store.commit(commit("later")).await.expect("a later repeat");
+    assert!(later.replayed);
+    assert_eq!(later.streams, outcomes[0].streams);
+    assert_eq!(
+        store
+            .idempotent_outcome(&key)
+            .await
+            .expect("lookup")
+            .map(|o| o.streams),
+        Some(outcomes[0].streams.clone())
+    );
+    let other = IdempotencyKey::for_request("order-7/pay", &json!({ "pay": 11 })).expect("key");
+    let reused = store
+        .commit(
+            Commit::single(stream("idem-a"), ExpectedVersion::Any, events(1, "x"))
+                .idempotent(other.clone()),
+        )
+        .await;
+    assert!(
+        matches!(&reused, Err(StoreError::IdempotencyKeyReused { key }) if key == "order-7/pay"),
+        "{reused:?}"
+    );
+    assert!(matches!(
+        store.idempotent_outcome(&other).await,
+        Err(StoreError::IdempotencyKeyReused { .. })
+    ));
+    let all = store
+        .read_all(GlobalPosition::START, 100)
+        .await
+        .expect("read all");
+    assert_eq!(all.len(), 3, "replays and refusals write nothing");
+}
+
+/// Of `tasks` streams claiming one value at once, one holds it; the others are refused,
+/// naming it, and write nothing. Released, the value can be claimed again.
+pub async fn unique_values_have_one_holder<S: EventStore>(store: Arc<S>, tasks: usize) {
+    let claim = || UniqueChange::claim("user-email", "ann@example.com");
+    let barrier = Arc::new(tokio::sync::Barrier::new(tasks));
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            let commit = Commit::new().with(
+                part(
+                    &format!("user-{task}"),
+                    ExpectedVersion::NoStream,
+                    events(1, "registered"),
+                )
+                .with_uniques([claim()]),
+            );
+            tokio::spawn(async move {
+                barrier.wait().await;
+                (task, store.commit(commit).await)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for handle in handles {
+        match handle.await.expect("task") {
+            (task, Ok(_)) => winners.push(stream(&format!("user-{task}"))),
+            (_, Err(StoreError::UniqueValueTaken { scope, value, .. })) => {
+                assert_eq!(
+                    (scope.as_str(), value.as_str()),
+                    ("user-email", "ann@example.com")
+                );
+            }
+            (_, Err(other)) => panic!("a losing claim must be UniqueValueTaken, got {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one of {tasks} claims wins");
+    let holder = winners[0].clone();
+    let all = store
+        .read_all(GlobalPosition::START, 100)
+        .await
+        .expect("read all");
+    assert_eq!(all.len(), 1, "refused claims write nothing");
+    assert_eq!(
+        store
+            .unique_holder("user-email", "ann@example.com")
+            .await
+            .expect("holder"),
+        Some(holder.clone())
+    );
+    let other = if holder == stream("user-0") {
+        "user-1"
+    } else {
+        "user-0"
+    };
+    let taken =
+        store
+            .commit(Commit::new().with(
+                part(other, ExpectedVersion::Any, events(1, "again")).with_uniques([claim()]),
+            ))
+            .await;
+    assert!(
+        matches!(&taken, Err(StoreError::UniqueValueTaken { holder: h, .. }) if *h == holder),
+        "{taken:?}"
+    );
+    // The holder claiming it again is a no-op; a release by another stream is too.
+    store
+        .commit(
+            Commit::new().with(
+                StreamAppend::new(holder.clone(), ExpectedVersion::Any, events(1, "again"))
+                    .with_uniques([claim()]),
+            ),
+        )
+        .await
+        .expect("the holder claims again");
+    store
+        .commit(
+            Commit::new().with(
+                part(other, ExpectedVersion::Any, events(1, "not mine"))
+                    .with_uniques([UniqueChange::release("user-email", "ann@example.com")]),
+            ),
+        )
+        .await
+        .expect("releasing a value held by another stream is a no-op");
+    assert_eq!(
+        store
+            .unique_holder("user-email", "ann@example.com")
+            .await
+            .expect("holder"),
+        Some(holder.clone())
+    );
+    store
+        .commit(
+            Commit::new().with(
+                StreamAppend::new(holder.clone(), ExpectedVersion::Any, events(1, "changed"))
+                    .with_uniques([UniqueChange::release("user-email", "ann@example.com")]),
+            ),
+        )
+        .await
+        .expect("release");
+    assert_eq!(
+        store
+            .unique_holder("user-email", "ann@example.com")
+            .await
+            .expect("holder"),
+        None
+    );
+    store
+        .commit(
+            Commit::new().with(
+                part(other, ExpectedVersion::Any, events(1, "claimed")).with_uniques([claim()]),
+            ),
+        )
+        .await
+        .expect("a released value can be claimed again");
+    assert_eq!(
+        store
+            .unique_holder("user-email", "ann@example.com")
+            .await
+            .expect("holder"),
+        Some(stream(other))
+    );
+}
+
+/// `StreamExists` on a stream that exists never conflicts, however many writers race.
+pub async fn stream_exists_never_conflicts_on_an_existing_stream<S: EventStore>(
+    store: Arc<S>,
+    tasks: usize,
+) {
+    let s = stream("exists-race");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(1, "seed"))
+        .await
+        .expect("seed");
+    let barrier = Arc::new(tokio::sync::Barrier::new(tasks));
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let (store, s, barrier) = (store.clone(), s.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .append(
+                        &s,
+                        ExpectedVersion::StreamExists,
+                        events(1, &format!("t{task}")),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for handle in handles {
+        let result = handle.await.expect("task");
+        assert!(
+            result.is_ok(),
+            "StreamExists on an existing stream must not fail: {result:?}"
+        );
+    }
+    assert_eq!(
+        store.stream_version(&s).await.expect("version"),
+        Some(StreamVersion(tasks as u64 + 1))
+    );
+}
+
+/// Every (event type, schema version) appended is listed once.
+pub async fn stored_event_types_are_listed<S: EventStore>(store: S) {
+    let mut batch = events(2, "a");
+    batch.push(EventData::raw("Renamed", 3, json!({})));
+    store
+        .append(&stream("types-a"), ExpectedVersion::NoStream, batch)
+        .await
+        .expect("append");
+    store
+        .commit(Commit::single(
+            stream("types-b"),
+            ExpectedVersion::NoStream,
+            vec![EventData::raw("Happened", 2, json!({}))],
+        ))
+        .await
+        .expect("commit");
+    let mut stored = store.stored_event_types().await.expect("stored types");
+    stored.sort();
+    assert_eq!(
+        stored,
+        vec![
+            ("Happened".into(), 1),
+            ("Happened".into(), 2),
+            ("Renamed".into(), 3)
+        ]
+    );
 }

@@ -7,28 +7,6 @@ use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 /// A boxed error from a storage backend, kept as the source of [`StoreError::Storage`].
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
-/// A stream id that cannot be used. Fix the id; nothing was written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidStreamId {
-    /// The id is empty.
-    #[error("stream id is empty")]
-    Empty,
-    /// The id is longer than the limit.
-    #[error("stream id is {length} bytes, over the limit of {limit}")]
-    TooLong {
-        /// Length of the rejected id in bytes.
-        length: usize,
-        /// The limit in bytes.
-        limit: usize,
-    },
-    /// The id holds a control character (newline, NUL, ...).
-    #[error("stream id {id:?} contains a control character")]
-    ControlCharacter {
-        /// The rejected id.
-        id: String,
-    },
-}
-
 /// Errors of an [`EventStore`](crate::EventStore). Whatever the variant, a failed append wrote
 /// nothing.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +49,39 @@ pub enum StoreError {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// An event id is already in the store (or twice in one commit). Event ids are unique
+    /// across the whole log; a caller that reuses one is replaying a write it already made. Use
+    /// an idempotency key to make a repeated command safe. Nothing was written.
+    #[error("event id {event_id} is already stored; nothing was written")]
+    DuplicateEventId {
+        /// The id.
+        event_id: uuid::Uuid,
+    },
+    /// The idempotency key was first used for a different command (another stream, aggregate
+    /// or command content). A caller bug: keys must identify one command. Nothing was written.
+    #[error("idempotency key {key:?} was already used for a different command")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+    },
+    /// The unique value is held by another stream (an e-mail address already registered).
+    /// Report it to the user; nothing was written.
+    #[error("{scope} {value:?} is already held by stream {holder}")]
+    UniqueValueTaken {
+        /// The scope of the value, e.g. `user-email`.
+        scope: String,
+        /// The value claimed.
+        value: String,
+        /// The stream that holds it.
+        holder: StreamId,
+    },
+    /// A commit that cannot be written as asked: no streams, one stream twice, a stream with
+    /// no events, an invalid key or unique value. A caller bug; nothing was written.
+    #[error("invalid commit: {reason}")]
+    InvalidCommit {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The backend failed (connection lost, server restarting, ...). The append may be retried
     /// if [`StoreError::is_transient`] says so; the source tells what happened.
     #[error("storage error: {message}")]
@@ -86,6 +97,37 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A storage error: what the store was doing, whether retrying may succeed, and the
+    /// backend's error.
+    pub fn storage(
+        message: impl Into<String>,
+        transient: bool,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        StoreError::Storage {
+            message: message.into(),
+            transient,
+            source: source.into(),
+        }
+    }
+
+    /// A storage error with no backend error beneath it (an invariant the stored data breaks,
+    /// a task that stopped): the message is also the source.
+    pub fn storage_message(message: impl Into<String>, transient: bool) -> Self {
+        let message = message.into();
+        StoreError::Storage {
+            source: message.clone().into(),
+            message,
+            transient,
+        }
+    }
+
+    pub(crate) fn invalid_commit(reason: impl Into<String>) -> Self {
+        StoreError::InvalidCommit {
+            reason: reason.into(),
+        }
+    }
+
     /// Whether this is an optimistic concurrency conflict.
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })
@@ -232,7 +274,12 @@ pub enum RepositoryError<E: StdError + 'static> {
     /// The new events could not be encoded. Nothing was written.
     #[error(transparent)]
     Encode(#[from] EncodeError),
-    /// The store failed. Nothing was written.
+    /// The store failed, or refused the write (a unique value taken, a reused idempotency
+    /// key: see [`StoreError`]). Nothing was written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The log holds events this code cannot read (a schema version with no upcaster path).
+    /// Found before anything was loaded or written; fix the registry and restart.
+    #[error(transparent)]
+    Unreadable(#[from] crate::upcast::UpcasterChainError),
 }

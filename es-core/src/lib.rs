@@ -57,11 +57,12 @@
 //! # });
 //! ```
 //!
-//! Modules, in reading order: [`stream`] (ids and numbers), [`event`], [`aggregate`], [`store`],
+//! Modules, in reading order: [`stream`] (ids and numbers), [`event`], [`aggregate`], [`store`], [`commit`],
 //! [`repository`], [`upcast`], [`snapshot`], [`memory`], and with the `testing` feature
 //! `testing` (given / when / then) and `conformance` (the store conformance suite).
 
 pub mod aggregate;
+pub mod commit;
 pub mod error;
 pub mod event;
 pub mod memory;
@@ -78,12 +79,18 @@ pub mod conformance;
 pub mod testing;
 
 pub use aggregate::Aggregate;
-pub use error::{BoxError, DecodeError, EncodeError, InvalidStreamId, RepositoryError, StoreError};
+pub use commit::{
+    Commit, Committed, CommittedStream, IdempotencyKey, StreamAppend, UniqueChange, MAX_KEY_BYTES,
+};
+pub use error::{BoxError, DecodeError, EncodeError, RepositoryError, StoreError};
 pub use event::{DomainEvent, EventData, FoldEvent, Metadata, RecordedEvent};
 pub use memory::InMemoryStore;
 pub use payload::Payload;
-pub use repository::{CommandOutcome, Loaded, Repository, RetryPolicy};
-pub use snapshot::{Snapshot, SnapshotPolicy, SnapshotStore, SnapshotWrite};
+pub use repository::{
+    AcrossOutcome, CommandOptions, CommandOutcome, Decision, Loaded, Repository, RetryPolicy,
+    StreamOutcome,
+};
+pub use snapshot::{Snapshot, SnapshotPolicy, SnapshotStore, SnapshotWrite, StateSource};
 pub use store::{AppendResult, EventStore, StoreLimits};
-pub use stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
+pub use stream::{ExpectedVersion, GlobalPosition, InvalidStreamId, StreamId, StreamVersion};
 pub use upcast::{EventEnvelope, UpcastFn, UpcasterChainError, Upcasters, UpcastersBuilder};

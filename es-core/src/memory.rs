@@ -1,12 +1,14 @@
 //! [`InMemoryStore`]: an [`EventStore`] and [`SnapshotStore`] in a mutex, for aggregate unit
 //! tests and examples. It passes the same conformance suite as the PostgreSQL store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use uuid::Uuid;
 
+use crate::commit::{Commit, Committed, CommittedStream, IdempotencyKey, UniqueChange};
 use crate::error::StoreError;
 use crate::event::{EventData, RecordedEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -19,6 +21,119 @@ struct Log {
     /// Indexes into `events`, per stream, in version order.
     streams: HashMap<StreamId, Vec<usize>>,
     snapshots: HashMap<(StreamId, String), Snapshot>,
+    event_ids: HashSet<Uuid>,
+    /// Idempotency keys: fingerprint and outcome. Kept as long as the store.
+    keys: HashMap<String, (Uuid, Vec<CommittedStream>)>,
+    /// Unique values: (scope, value) to holder.
+    uniques: HashMap<(String, String), StreamId>,
+}
+
+impl Log {
+    fn version(&self, stream: &StreamId) -> Option<StreamVersion> {
+        self.streams
+            .get(stream)
+            .and_then(|indexes| indexes.last())
+            .map(|&i| self.events[i].stream_version)
+    }
+
+    /// Checks everything a commit needs against the log, before anything is changed.
+    fn check(&self, appends: &[crate::commit::StreamAppend]) -> Result<(), StoreError> {
+        for append in appends {
+            let actual = self.version(&append.stream);
+            if !append.expected.is_satisfied_by(actual) {
+                return Err(StoreError::Conflict {
+                    stream: append.stream.clone(),
+                    expected: append.expected,
+                    actual,
+                });
+            }
+            if let Some(event) = append
+                .events
+                .iter()
+                .find(|e| self.event_ids.contains(&e.event_id))
+            {
+                return Err(StoreError::DuplicateEventId {
+                    event_id: event.event_id,
+                });
+            }
+            for change in &append.uniques {
+                let UniqueChange::Claim { scope, value } = change else {
+                    continue;
+                };
+                match self.uniques.get(&(scope.clone(), value.clone())) {
+                    Some(holder) if holder != &append.stream => {
+                        // A value this commit releases from its holder is free for it.
+                        let released = appends.iter().any(|other| {
+                            &other.stream == holder
+                                && other
+                                    .uniques
+                                    .contains(&UniqueChange::release(scope.clone(), value.clone()))
+                        });
+                        if !released {
+                            return Err(StoreError::UniqueValueTaken {
+                                scope: scope.clone(),
+                                value: value.clone(),
+                                holder: holder.clone(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one stream's events (already checked).
+    fn push(&mut self, stream: &StreamId, events: Vec<EventData>) -> CommittedStream {
+        let mut version = self.version(stream).unwrap_or(StreamVersion::INITIAL);
+        let mut position = GlobalPosition(self.events.len() as i64);
+        let recorded_at = Utc::now();
+        let count = events.len() as u64;
+        let mut indexes = Vec::with_capacity(events.len());
+        for event in events {
+            version = version.next();
+            position = GlobalPosition(position.0 + 1);
+            indexes.push(self.events.len());
+            self.event_ids.insert(event.event_id);
+            self.events.push(RecordedEvent {
+                event_id: event.event_id,
+                stream_id: stream.clone(),
+                stream_version: version,
+                global_position: position,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload: event.payload.into(),
+                metadata: event.metadata,
+                recorded_at,
+            });
+        }
+        self.streams
+            .entry(stream.clone())
+            .or_default()
+            .extend(indexes);
+        CommittedStream {
+            stream: stream.clone(),
+            events: count,
+            stream_version: version,
+            global_position: position,
+        }
+    }
+
+    fn replay(&self, key: &IdempotencyKey) -> Result<Option<Committed>, StoreError> {
+        match self.keys.get(key.key()) {
+            None => Ok(None),
+            Some((fingerprint, _)) if *fingerprint != key.fingerprint() => {
+                Err(StoreError::IdempotencyKeyReused {
+                    key: key.key().to_string(),
+                })
+            }
+            Some((_, streams)) => Ok(Some(Committed {
+                streams: streams.clone(),
+                replayed: true,
+            })),
+        }
+    }
 }
 
 /// An event store in memory. Cloning shares the same log.
@@ -61,46 +176,76 @@ impl EventStore for InMemoryStore {
     ) -> Result<AppendResult, StoreError> {
         self.limits.check(stream, &events)?;
         let mut log = self.lock();
-        let actual = log
-            .streams
-            .get(stream)
-            .and_then(|indexes| indexes.last())
-            .map(|&i| log.events[i].stream_version);
-        if !expected.is_satisfied_by(actual) {
-            return Err(StoreError::Conflict {
-                stream: stream.clone(),
-                expected,
-                actual,
-            });
+        let append = crate::commit::StreamAppend::new(stream.clone(), expected, events);
+        log.check(std::slice::from_ref(&append))?;
+        Ok(log.push(stream, append.events).result())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        commit.check(&self.limits)?;
+        let mut log = self.lock();
+        let (appends, key) = commit.into_parts();
+        if let Some(key) = &key {
+            if let Some(first) = log.replay(key)? {
+                return Ok(first);
+            }
         }
-        let mut version = actual.unwrap_or(StreamVersion::INITIAL);
-        let mut position = GlobalPosition(log.events.len() as i64);
-        let recorded_at = Utc::now();
-        let mut indexes = Vec::with_capacity(events.len());
-        for event in events {
-            version = version.next();
-            position = GlobalPosition(position.0 + 1);
-            indexes.push(log.events.len());
-            log.events.push(RecordedEvent {
-                event_id: event.event_id,
-                stream_id: stream.clone(),
-                stream_version: version,
-                global_position: position,
-                event_type: event.event_type,
-                schema_version: event.schema_version,
-                payload: event.payload.into(),
-                metadata: event.metadata,
-                recorded_at,
-            });
+        log.check(&appends)?;
+        let mut streams = Vec::with_capacity(appends.len());
+        for append in appends {
+            for change in &append.uniques {
+                if let UniqueChange::Release { scope, value } = change {
+                    let key = (scope.clone(), value.clone());
+                    if log.uniques.get(&key) == Some(&append.stream) {
+                        log.uniques.remove(&key);
+                    }
+                }
+            }
+            for change in &append.uniques {
+                if let UniqueChange::Claim { scope, value } = change {
+                    log.uniques
+                        .insert((scope.clone(), value.clone()), append.stream.clone());
+                }
+            }
+            streams.push(log.push(&append.stream, append.events));
         }
-        log.streams
-            .entry(stream.clone())
-            .or_default()
-            .extend(indexes);
-        Ok(AppendResult {
-            stream_version: version,
-            global_position: position,
+        if let Some(key) = key {
+            log.keys
+                .insert(key.key().to_string(), (key.fingerprint(), streams.clone()));
+        }
+        Ok(Committed {
+            streams,
+            replayed: false,
         })
+    }
+
+    async fn idempotent_outcome(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Committed>, StoreError> {
+        self.lock().replay(key)
+    }
+
+    async fn unique_holder(
+        &self,
+        scope: &str,
+        value: &str,
+    ) -> Result<Option<StreamId>, StoreError> {
+        Ok(self
+            .lock()
+            .uniques
+            .get(&(scope.to_string(), value.to_string()))
+            .cloned())
+    }
+
+    async fn stored_event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let log = self.lock();
+        let pairs: BTreeSet<(String, u32)> = log
+            .events
+            .iter()
+            .map(|e| (e.event_type.clone(), e.schema_version))
+            .collect();
+        Ok(pairs.into_iter().collect())
     }
 
     async fn read_stream(
@@ -133,12 +278,7 @@ impl EventStore for InMemoryStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<StreamVersion>, StoreError> {
-        let log = self.lock();
-        Ok(log
-            .streams
-            .get(stream)
-            .and_then(|indexes| indexes.last())
-            .map(|&i| log.events[i].stream_version))
+        Ok(self.lock().version(stream))
     }
 }
 

@@ -16,9 +16,10 @@ use serde_json::Value;
 use tracing::{debug, warn};
 
 use crate::aggregate::Aggregate;
+use crate::commit::{Commit, Committed, IdempotencyKey, StreamAppend, UniqueChange};
 use crate::error::{RepositoryError, StoreError};
 use crate::event::{EventData, Metadata};
-use crate::snapshot::{Snapshot, SnapshotPolicy, SnapshotStore, SnapshotWrite};
+use crate::snapshot::{Snapshot, SnapshotPolicy, SnapshotStore, SnapshotWrite, StateSource};
 use crate::store::EventStore;
 use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 use crate::upcast::Upcasters;
@@ -90,6 +91,72 @@ pub struct CommandOutcome<E> {
     pub events: Vec<E>,
     /// How many attempts it took (1 without a conflict).
     pub attempts: u32,
+    /// True when the command's idempotency key was already stored: nothing was written, and
+    /// the versions, position and events are those of the first execution.
+    pub replayed: bool,
+}
+
+/// How to execute one command: the metadata stamped on its events and an optional
+/// idempotency key.
+#[derive(Clone, Debug, Default)]
+pub struct CommandOptions {
+    /// Stamped on every new event.
+    pub metadata: Metadata,
+    /// Makes the command safe to repeat: a second execution with the same key writes nothing
+    /// and returns the first outcome. The repository binds the key to the aggregate type and
+    /// the streams, so the same key on another stream is
+    /// [`StoreError::IdempotencyKeyReused`].
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+impl CommandOptions {
+    /// With this metadata.
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// With this idempotency key.
+    pub fn idempotency_key(mut self, key: IdempotencyKey) -> Self {
+        self.idempotency_key = Some(key);
+        self
+    }
+}
+
+/// A command decided but not written ([`Repository::decide`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision<E> {
+    /// The version of the stream the decision was made on.
+    pub version: StreamVersion,
+    /// The events decided.
+    pub events: Vec<E>,
+    /// What to write: the events at that version, with their unique values and the command's
+    /// idempotency key. None when the command causes no events.
+    pub commit: Option<Commit>,
+}
+
+/// What one stream of a command over several aggregates became.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamOutcome<E> {
+    /// The stream.
+    pub stream: StreamId,
+    /// Its version after the command.
+    pub stream_version: StreamVersion,
+    /// The events the command caused on it (none: the stream was not written).
+    pub events: Vec<E>,
+}
+
+/// The result of an accepted command over several aggregates ([`Repository::execute_across`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcrossOutcome<E> {
+    /// One per stream, in the order the streams were given.
+    pub streams: Vec<StreamOutcome<E>>,
+    /// The global position of the last event written; None when the command caused no events.
+    pub global_position: Option<GlobalPosition>,
+    /// How many attempts it took (1 without a conflict).
+    pub attempts: u32,
+    /// True when the idempotency key was already stored (see [`CommandOutcome::replayed`]).
+    pub replayed: bool,
 }
 
 type ToJson<A> = fn(&A) -> Result<Value, serde_json::Error>;
@@ -175,7 +242,10 @@ pub struct Repository<A: Aggregate> {
     upcasters: Arc<Upcasters>,
     retry: RetryPolicy,
     snapshots: Option<Snapshots<A>>,
+    state_source: Option<Arc<dyn StateSource<A>>>,
     cache: Option<Cache<A>>,
+    /// Set once the stored event types were found readable (see [`Repository::check_stored`]).
+    checked: tokio::sync::OnceCell<()>,
 }
 
 impl<A: Aggregate> Repository<A> {
@@ -191,14 +261,39 @@ impl<A: Aggregate> Repository<A> {
             upcasters: Arc::new(Upcasters::of::<A::Event>()),
             retry: RetryPolicy::default(),
             snapshots: None,
+            state_source: None,
             cache: None,
+            checked: tokio::sync::OnceCell::new(),
         }
     }
 
     /// Uses this registry of event types and upcasters when loading.
     pub fn with_upcasters(mut self, upcasters: Arc<Upcasters>) -> Self {
         self.upcasters = upcasters;
+        self.checked = tokio::sync::OnceCell::new();
         self
+    }
+
+    /// Starts loads from the state `source` gives (a projection's row, say) and folds only
+    /// the events after its version: see [`StateSource`]. A source that fails or has nothing
+    /// costs a full replay (or the snapshot), never a wrong state.
+    pub fn with_state_source(mut self, source: Arc<dyn StateSource<A>>) -> Self {
+        self.state_source = Some(source);
+        self
+    }
+
+    /// Checks that this code can read every (event type, schema version) the log holds for
+    /// the types its registry knows ([`Upcasters::check_stored`]). Runs once, by itself,
+    /// before the repository's first load or command; call it at start-up to fail there.
+    pub async fn check_stored(&self) -> Result<(), RepositoryError<A::Error>> {
+        self.checked
+            .get_or_try_init(|| async {
+                let stored = self.store.stored_event_types().await?;
+                self.upcasters.check_stored(&stored)?;
+                Ok::<(), RepositoryError<A::Error>>(())
+            })
+            .await?;
+        Ok(())
     }
 
     /// Uses this retry policy on conflicts.
@@ -233,6 +328,7 @@ impl<A: Aggregate> Repository<A> {
         stream: &StreamId,
         at: DateTime<Utc>,
     ) -> Result<Loaded<A>, RepositoryError<A::Error>> {
+        self.check_stored().await?;
         let events = self
             .store
             .read_stream(stream, StreamVersion::INITIAL, None)
@@ -257,13 +353,23 @@ impl<A: Aggregate> Repository<A> {
         stream: &StreamId,
         up_to: Option<StreamVersion>,
     ) -> Result<Loaded<A>, RepositoryError<A::Error>> {
+        self.check_stored().await?;
         let mut loaded = Loaded {
             state: A::default(),
             version: StreamVersion::INITIAL,
             events_replayed: 0,
             snapshot_version: None,
         };
-        if let Some(snapshots) = &self.snapshots {
+        let mut started = false;
+        if let Some(source) = &self.state_source {
+            if let Some((state, version)) = from_source(source.as_ref(), stream, up_to).await {
+                loaded.state = state;
+                loaded.version = version;
+                loaded.snapshot_version = Some(version);
+                started = true;
+            }
+        }
+        if let (Some(snapshots), false) = (&self.snapshots, started) {
             if let Some((state, version)) = snapshots.usable(stream, up_to).await {
                 loaded.state = state;
                 loaded.version = version;
@@ -294,7 +400,7 @@ impl<A: Aggregate> Repository<A> {
     where
         A::Command: Clone,
     {
-        self.execute_with_metadata(stream, command, Metadata::default())
+        self.execute_with(stream, command, CommandOptions::default())
             .await
     }
 
@@ -308,6 +414,38 @@ impl<A: Aggregate> Repository<A> {
     where
         A::Command: Clone,
     {
+        self.execute_with(
+            stream,
+            command,
+            CommandOptions::default().metadata(metadata),
+        )
+        .await
+    }
+
+    /// [`Repository::execute`] with options: metadata, and an idempotency key that makes the
+    /// command safe to repeat (a second execution, even one racing the first, writes nothing
+    /// and returns the first outcome with `replayed` set).
+    ///
+    /// A command whose events claim or release unique values
+    /// ([`Aggregate::unique_changes`]), or that carries a key, is written as a [`Commit`]; any
+    /// other takes the store's plain append.
+    pub async fn execute_with(
+        &self,
+        stream: &StreamId,
+        command: A::Command,
+        options: CommandOptions,
+    ) -> Result<CommandOutcome<A::Event>, RepositoryError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        self.check_stored().await?;
+        let key = options
+            .idempotency_key
+            .as_ref()
+            .map(|key| key.bound_to(&format!("{}\u{0}{stream}", A::TYPE)));
+        if let Some(first) = self.stored_outcome(key.as_ref()).await? {
+            return self.replayed_single(stream, first, 1).await;
+        }
         let max_attempts = self.retry.max_attempts.max(1);
         let mut attempt = 1;
         // The first attempt may start from the cache; after a conflict, always from the store.
@@ -330,7 +468,14 @@ impl<A: Aggregate> Repository<A> {
                     self.evict(stream);
                     continue;
                 }
-                Err(refused) => return Err(RepositoryError::Domain(refused)),
+                Err(refused) => {
+                    // The first execution may have committed after the key was looked up: it
+                    // is then why this one is refused, and its outcome is the answer.
+                    if let Some(first) = self.stored_outcome(key.as_ref()).await? {
+                        return self.replayed_single(stream, first, attempt).await;
+                    }
+                    return Err(RepositoryError::Domain(refused));
+                }
             };
             if events.is_empty() {
                 return Ok(CommandOutcome {
@@ -338,15 +483,45 @@ impl<A: Aggregate> Repository<A> {
                     global_position: None,
                     events,
                     attempts: attempt,
+                    replayed: false,
                 });
             }
             let data = events
                 .iter()
-                .map(|event| EventData::from_event(event, metadata.clone()))
+                .map(|event| EventData::from_event(event, options.metadata.clone()))
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = ExpectedVersion::Exact(loaded.version);
-            match self.store.append(stream, expected, data).await {
-                Ok(appended) => {
+            let uniques: Vec<UniqueChange> = events.iter().flat_map(A::unique_changes).collect();
+            let written = if key.is_none() && uniques.is_empty() {
+                self.store
+                    .append(stream, expected, data)
+                    .await
+                    .map(|appended| (appended, false))
+            } else {
+                let mut commit = Commit::new()
+                    .with(StreamAppend::new(stream.clone(), expected, data).with_uniques(uniques));
+                if let Some(key) = &key {
+                    commit = commit.idempotent(key.clone());
+                }
+                match self.store.commit(commit).await {
+                    Ok(first) if first.replayed => {
+                        self.evict(stream);
+                        return self.replayed_single(stream, first, attempt).await;
+                    }
+                    Ok(committed) => committed
+                        .stream(stream)
+                        .map(|written| (written.result(), false))
+                        .ok_or_else(|| {
+                            StoreError::storage_message(
+                                format!("the commit to stream {stream} returned no outcome for it"),
+                                false,
+                            )
+                        }),
+                    Err(error) => Err(error),
+                }
+            };
+            match written {
+                Ok((appended, _)) => {
                     self.after_append(stream, loaded, &events, appended.stream_version)
                         .await;
                     return Ok(CommandOutcome {
@@ -354,6 +529,7 @@ impl<A: Aggregate> Repository<A> {
                         global_position: Some(appended.global_position),
                         events,
                         attempts: attempt,
+                        replayed: false,
                     });
                 }
                 Err(StoreError::Conflict { actual, .. }) => {
@@ -387,6 +563,282 @@ impl<A: Aggregate> Repository<A> {
                 }
             }
         }
+    }
+
+    /// Loads the aggregate and decides the command without writing anything: the [`Commit`] to
+    /// write wherever the caller wants it written. For a command whose events must commit with
+    /// the caller's own rows, in the caller's transaction (in es-postgres,
+    /// `PgEventStore::commit_in`). The commit expects the stream at the version the decision
+    /// was made on: a conflict there means the decision is stale; decide again.
+    pub async fn decide(
+        &self,
+        stream: &StreamId,
+        command: A::Command,
+        options: CommandOptions,
+    ) -> Result<Decision<A::Event>, RepositoryError<A::Error>> {
+        let loaded = self.load(stream).await?;
+        let events = loaded
+            .state
+            .handle(command)
+            .map_err(RepositoryError::Domain)?;
+        let commit = if events.is_empty() {
+            None
+        } else {
+            let data = events
+                .iter()
+                .map(|event| EventData::from_event(event, options.metadata.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let uniques: Vec<UniqueChange> = events.iter().flat_map(A::unique_changes).collect();
+            let part =
+                StreamAppend::new(stream.clone(), ExpectedVersion::Exact(loaded.version), data)
+                    .with_uniques(uniques);
+            let mut commit = Commit::new().with(part);
+            if let Some(key) = &options.idempotency_key {
+                commit = commit.idempotent(key.bound_to(&format!("{}\u{0}{stream}", A::TYPE)));
+            }
+            Some(commit)
+        };
+        Ok(Decision {
+            version: loaded.version,
+            events,
+            commit,
+        })
+    }
+
+    /// Executes a command that decides over several aggregates of this type at once (a
+    /// transfer between two accounts): loads each stream, calls `decide` with their states in
+    /// the order given, and commits every stream's new events in one transaction, each at the
+    /// version it was loaded at. On a conflict on any of them, all are reloaded and `decide`
+    /// runs again, under the retry policy.
+    ///
+    /// `decide` returns one list of events per stream, in the same order. A stream given no
+    /// events is not written, and its version is not checked: the decision must not rely on
+    /// it staying unchanged.
+    pub async fn execute_across<F>(
+        &self,
+        streams: &[StreamId],
+        options: CommandOptions,
+        decide: F,
+    ) -> Result<AcrossOutcome<A::Event>, RepositoryError<A::Error>>
+    where
+        F: Fn(&[&A]) -> Result<Vec<Vec<A::Event>>, A::Error> + Send + Sync,
+    {
+        self.check_stored().await?;
+        let scope = streams.iter().fold(A::TYPE.to_string(), |mut scope, s| {
+            scope.push('\u{0}');
+            scope.push_str(s.as_str());
+            scope
+        });
+        let key = options.idempotency_key.as_ref().map(|k| k.bound_to(&scope));
+        if let Some(first) = self.stored_outcome(key.as_ref()).await? {
+            return self.replayed_across(streams, first, 1).await;
+        }
+        let max_attempts = self.retry.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let mut loaded = Vec::with_capacity(streams.len());
+            for stream in streams {
+                loaded.push(self.load(stream).await?);
+            }
+            let states: Vec<&A> = loaded.iter().map(|l| &l.state).collect();
+            let decided = match decide(&states) {
+                Ok(decided) => decided,
+                Err(refused) => {
+                    if let Some(first) = self.stored_outcome(key.as_ref()).await? {
+                        return self.replayed_across(streams, first, attempt).await;
+                    }
+                    return Err(RepositoryError::Domain(refused));
+                }
+            };
+            if decided.len() != streams.len() {
+                return Err(StoreError::InvalidCommit {
+                    reason: format!(
+                        "the decision gave events for {} streams, but {} were loaded",
+                        decided.len(),
+                        streams.len()
+                    ),
+                }
+                .into());
+            }
+            let mut commit = Commit::new();
+            for ((stream, loaded), events) in streams.iter().zip(&loaded).zip(&decided) {
+                if events.is_empty() {
+                    continue;
+                }
+                let data = events
+                    .iter()
+                    .map(|event| EventData::from_event(event, options.metadata.clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let uniques = events.iter().flat_map(A::unique_changes);
+                commit = commit.with(
+                    StreamAppend::new(stream.clone(), ExpectedVersion::Exact(loaded.version), data)
+                        .with_uniques(uniques),
+                );
+            }
+            if commit.streams().is_empty() {
+                return Ok(AcrossOutcome {
+                    streams: streams
+                        .iter()
+                        .zip(loaded)
+                        .map(|(stream, loaded)| StreamOutcome {
+                            stream: stream.clone(),
+                            stream_version: loaded.version,
+                            events: Vec::new(),
+                        })
+                        .collect(),
+                    global_position: None,
+                    attempts: attempt,
+                    replayed: false,
+                });
+            }
+            if let Some(key) = &key {
+                commit = commit.idempotent(key.clone());
+            }
+            match self.store.commit(commit).await {
+                Ok(first) if first.replayed => {
+                    streams.iter().for_each(|s| self.evict(s));
+                    return self.replayed_across(streams, first, attempt).await;
+                }
+                Ok(committed) => {
+                    let mut outcomes = Vec::with_capacity(streams.len());
+                    for ((stream, loaded), events) in streams.iter().zip(loaded).zip(decided) {
+                        let version = committed
+                            .stream(stream)
+                            .map_or(loaded.version, |written| written.stream_version);
+                        if !events.is_empty() {
+                            self.after_append(stream, loaded, &events, version).await;
+                        }
+                        outcomes.push(StreamOutcome {
+                            stream: stream.clone(),
+                            stream_version: version,
+                            events,
+                        });
+                    }
+                    return Ok(AcrossOutcome {
+                        streams: outcomes,
+                        global_position: Some(committed.global_position()),
+                        attempts: attempt,
+                        replayed: false,
+                    });
+                }
+                Err(StoreError::Conflict { stream, actual, .. }) => {
+                    streams.iter().for_each(|s| self.evict(s));
+                    if attempt >= max_attempts {
+                        return Err(RepositoryError::TooManyConflicts {
+                            stream,
+                            attempts: attempt,
+                        });
+                    }
+                    let pause = self.retry.backoff(attempt);
+                    debug!(stream = %stream, attempt, actual = ?actual, ?pause,
+                        "conflict on a command across streams; reloading all and retrying");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(other) => {
+                    streams.iter().for_each(|s| self.evict(s));
+                    return Err(other.into());
+                }
+            }
+        }
+    }
+
+    /// The unique values a stored event claims or releases, decoded through this repository's
+    /// registry ([`Aggregate::unique_changes`]); none for an event of a type the registry does
+    /// not know (another aggregate's). What [`rebuild_unique_claims`] in es-postgres folds.
+    ///
+    /// [`rebuild_unique_claims`]: https://docs.rs/es-postgres/latest/es_postgres/struct.PgEventStore.html#method.rebuild_unique_claims
+    pub fn unique_changes_of(
+        &self,
+        event: &crate::event::RecordedEvent,
+    ) -> Result<Vec<UniqueChange>, crate::error::DecodeError> {
+        match self.upcasters.decode::<A::Event>(event.clone()) {
+            Ok(Some(envelope)) => Ok(A::unique_changes(&envelope.event)),
+            Ok(None) | Err(crate::error::DecodeError::UnknownEventType { .. }) => Ok(Vec::new()),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The outcome stored under `key`, if there is a key and it is stored.
+    async fn stored_outcome(
+        &self,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Option<Committed>, StoreError> {
+        match key {
+            Some(key) => self.store.idempotent_outcome(key).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The events a stored outcome wrote to `stream`, decoded.
+    async fn written_events(
+        &self,
+        stream: &StreamId,
+        first: &Committed,
+    ) -> Result<(StreamVersion, Vec<A::Event>), RepositoryError<A::Error>> {
+        let Some(written) = first.stream(stream) else {
+            return Ok((StreamVersion::INITIAL, Vec::new()));
+        };
+        let stored = self
+            .store
+            .read_stream_for_fold(
+                stream,
+                written.previous_version(),
+                Some(written.stream_version),
+            )
+            .await?;
+        let mut events = Vec::with_capacity(stored.len());
+        for event in stored {
+            events.push(self.upcasters.decode_fold::<A::Event>(stream, event)?);
+        }
+        Ok((written.stream_version, events))
+    }
+
+    async fn replayed_single(
+        &self,
+        stream: &StreamId,
+        first: Committed,
+        attempts: u32,
+    ) -> Result<CommandOutcome<A::Event>, RepositoryError<A::Error>> {
+        debug!(stream = %stream, "idempotency key already stored; returning the first outcome");
+        let (stream_version, events) = self.written_events(stream, &first).await?;
+        Ok(CommandOutcome {
+            stream_version,
+            global_position: Some(first.global_position()),
+            events,
+            attempts,
+            replayed: true,
+        })
+    }
+
+    async fn replayed_across(
+        &self,
+        streams: &[StreamId],
+        first: Committed,
+        attempts: u32,
+    ) -> Result<AcrossOutcome<A::Event>, RepositoryError<A::Error>> {
+        let mut outcomes = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let (stream_version, events) = match first.stream(stream) {
+                Some(_) => self.written_events(stream, &first).await?,
+                // Not written by the first execution: where it is now.
+                None => (
+                    self.store.stream_version(stream).await?.unwrap_or_default(),
+                    Vec::new(),
+                ),
+            };
+            outcomes.push(StreamOutcome {
+                stream: stream.clone(),
+                stream_version,
+                events,
+            });
+        }
+        Ok(AcrossOutcome {
+            streams: outcomes,
+            global_position: Some(first.global_position()),
+            attempts,
+            replayed: true,
+        })
     }
 
     fn evict(&self, stream: &StreamId) {
@@ -491,6 +943,25 @@ impl<A: Aggregate + Serialize + DeserializeOwned> Repository<A> {
             from_json: |json| serde_json::from_value(json),
         });
         self
+    }
+}
+
+/// The state a [`StateSource`] gives, if it is usable for a load up to `up_to`. Every failure
+/// here only costs a longer replay.
+async fn from_source<A: Aggregate>(
+    source: &dyn StateSource<A>,
+    stream: &StreamId,
+    up_to: Option<StreamVersion>,
+) -> Option<(A, StreamVersion)> {
+    match source.load_state(stream).await {
+        Ok(Some((state, version))) if up_to.is_none_or(|max| version <= max) => {
+            Some((state, version))
+        }
+        Ok(_) => None,
+        Err(error) => {
+            warn!(stream = %stream, %error, "cannot read the state source; replaying the stream");
+            None
+        }
     }
 }
 

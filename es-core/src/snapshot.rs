@@ -57,6 +57,23 @@ pub trait SnapshotStore: Send + Sync + 'static {
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError>;
 }
 
+/// A source of an aggregate's state at some version, other than the snapshot table: most
+/// often a projection's read table whose row for the stream says what the aggregate looked like
+/// and the stream version it reflects (the read model as snapshot, the store as truth). The
+/// repository starts from that state and folds the events after the version, so a command on a
+/// long stream costs one indexed read plus the few events the row has not caught up with, and
+/// a stale row costs nothing but those events. The same load is the strongly consistent read:
+/// the row brought to the stream's head.
+///
+/// The state must be exactly the fold of the stream's events up to the version given, or the
+/// repository would decide on a wrong state; a source that cannot say returns `None`.
+#[async_trait]
+pub trait StateSource<A>: Send + Sync + 'static {
+    /// The state of `stream` and the stream version it reflects, if the source has one.
+    async fn load_state(&self, stream: &StreamId)
+        -> Result<Option<(A, StreamVersion)>, StoreError>;
+}
+
 /// When the repository takes a snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SnapshotPolicy {

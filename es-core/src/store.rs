@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 
+use crate::commit::{Commit, Committed, IdempotencyKey};
 use crate::error::StoreError;
 use crate::event::{EventData, FoldEvent, RecordedEvent};
 use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
@@ -77,16 +78,44 @@ impl StoreLimits {
 /// - an append is all or nothing, and fails with [`StoreError::Conflict`] when `expected` does
 ///   not hold, writing nothing;
 /// - a stream's versions are 1, 2, 3, ... with no gap and no duplicate;
-/// - global positions grow with every append.
+/// - global positions grow with every append;
+/// - a [`Commit`] is all or nothing across its streams, its unique values and its idempotency
+///   key; a conflict names the stream whose expectation did not hold;
+/// - an event id is stored at most once ([`StoreError::DuplicateEventId`]);
+/// - a commit whose idempotency key is stored writes nothing and returns the first outcome
+///   (`replayed`), even when both race; a key stored for another command is
+///   [`StoreError::IdempotencyKeyReused`];
+/// - at most one stream holds a unique value in its scope ([`StoreError::UniqueValueTaken`]).
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Appends events to a stream atomically, if the stream is at `expected`.
+    /// Appends events to a stream atomically, if the stream is at `expected`. The same as a
+    /// [`Commit::single`], on the store's fastest path.
     async fn append(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError>;
+
+    /// Writes a commit: every stream's events, unique values and the idempotency key in one
+    /// transaction, or nothing.
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError>;
+
+    /// The outcome stored with an idempotency key, if a commit carried it (and it has not
+    /// expired); [`StoreError::IdempotencyKeyReused`] if it was stored for another command.
+    async fn idempotent_outcome(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Committed>, StoreError>;
+
+    /// The stream that holds a unique value, if one does. For validating a command before it
+    /// is sent (the commit's claim is what decides, in its transaction).
+    async fn unique_holder(&self, scope: &str, value: &str)
+        -> Result<Option<StreamId>, StoreError>;
+
+    /// Every (event type, schema version) pair the log holds, so that a reader can check at
+    /// start-up that it can decode all of them.
+    async fn stored_event_types(&self) -> Result<Vec<(String, u32)>, StoreError>;
 
     /// Reads a stream's events with versions above `after` and, if given, up to and including
     /// `up_to`, in version order. A missing stream reads as empty.

@@ -8,7 +8,27 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::InvalidStreamId;
+/// A stream id that cannot be used. Fix the id; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidStreamId {
+    /// The id is empty.
+    #[error("stream id is empty")]
+    Empty,
+    /// The id is longer than the limit.
+    #[error("stream id is {length} bytes, over the limit of {limit}")]
+    TooLong {
+        /// Length of the rejected id in bytes.
+        length: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The id holds a control character (newline, NUL, ...).
+    #[error("stream id {id:?} contains a control character")]
+    ControlCharacter {
+        /// The rejected id.
+        id: String,
+    },
+}
 
 /// The longest stream id accepted, in bytes.
 pub const MAX_STREAM_ID_BYTES: usize = 255;

@@ -101,6 +101,20 @@ pub enum UpcasterChainError {
         /// The version it ends at.
         version: u32,
     },
+    /// The log holds events of a known type at a schema version this registry cannot bring to
+    /// the current one (a bump without its upcaster step, or events written by newer code).
+    /// Found at start-up by [`Upcasters::check_stored`], before any event is applied.
+    #[error("the log holds {event_type} v{schema_version} events, and there is no upcaster path from there to {reached_type} v{current}: register the missing step (or deploy the code that wrote them)")]
+    StoredWithoutPath {
+        /// The stored type.
+        event_type: String,
+        /// The stored schema version.
+        schema_version: u32,
+        /// The type the chain of steps reaches.
+        reached_type: String,
+        /// The current version of that type.
+        current: u32,
+    },
     /// A chain of steps returns to a type and version it already passed.
     #[error("upcasters from {event_type} v{version} form a cycle")]
     Cycle {
@@ -281,6 +295,55 @@ impl Upcasters {
                 .collect(),
             steps: HashMap::new(),
         }
+    }
+
+    /// Checks that every stored (event type, schema version) of a type this registry knows
+    /// (a registered type, or one its steps rename) has a path to the current version. Types
+    /// it does not know are left alone: they belong to other aggregates.
+    ///
+    /// ```
+    /// use es_core::{DomainEvent, UpcasterChainError, Upcasters};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    /// # enum DealEvent { Configured {} }
+    /// impl DomainEvent for DealEvent {
+    ///     // Bumped to v2, but the step from v1 was forgotten: the registry alone is fine.
+    ///     const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Configured", 2)];
+    /// }
+    /// let upcasters = Upcasters::of::<DealEvent>();
+    /// let stored = [("Configured".to_string(), 1), ("Deposited".to_string(), 1)];
+    /// assert!(matches!(
+    ///     upcasters.check_stored(&stored),
+    ///     Err(UpcasterChainError::StoredWithoutPath { schema_version: 1, .. })
+    /// ));
+    /// ```
+    pub fn check_stored(&self, stored: &[(String, u32)]) -> Result<(), UpcasterChainError> {
+        let renamed: HashSet<&str> = self.steps.keys().map(|(t, _)| t.as_str()).collect();
+        for (event_type, schema_version) in stored {
+            let known =
+                self.current.contains_key(event_type) || renamed.contains(event_type.as_str());
+            if !known {
+                continue;
+            }
+            let (mut reached, mut version) = (event_type.clone(), *schema_version);
+            // Chains were checked for cycles when the registry was built.
+            while let Some(step) = self.steps.get(&(reached.clone(), version)) {
+                reached = step.to_type.clone();
+                version += 1;
+            }
+            match self.current.get(&reached) {
+                Some(&current) if current == version => {}
+                current => {
+                    return Err(UpcasterChainError::StoredWithoutPath {
+                        event_type: event_type.clone(),
+                        schema_version: *schema_version,
+                        reached_type: reached,
+                        current: current.copied().unwrap_or(version),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The current schema version of a registered type.

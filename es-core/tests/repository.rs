@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use es_core::{
-    Aggregate, AppendResult, DomainEvent, EventData, EventStore, ExpectedVersion, GlobalPosition,
-    InMemoryStore, RecordedEvent, Repository, RepositoryError, RetryPolicy, StoreError, StreamId,
-    StreamVersion,
+    Aggregate, AppendResult, Commit, Committed, DomainEvent, EventData, EventStore,
+    ExpectedVersion, GlobalPosition, IdempotencyKey, InMemoryStore, RecordedEvent, Repository,
+    RepositoryError, RetryPolicy, StoreError, StreamId, StreamVersion,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Barrier;
@@ -106,6 +106,30 @@ impl EventStore for GatedStore {
     ) -> Result<AppendResult, StoreError> {
         self.appends.fetch_add(1, Ordering::SeqCst);
         self.inner.append(stream, expected, events).await
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        self.inner.commit(commit).await
+    }
+
+    async fn idempotent_outcome(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Committed>, StoreError> {
+        self.inner.idempotent_outcome(key).await
+    }
+
+    async fn unique_holder(
+        &self,
+        scope: &str,
+        value: &str,
+    ) -> Result<Option<StreamId>, StoreError> {
+        self.inner.unique_holder(scope, value).await
+    }
+
+    async fn stored_event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        self.inner.stored_event_types().await
     }
 
     async fn read_stream(

@@ -17,6 +17,19 @@ pub fn is_stream_version_conflict(error: &sqlx::Error) -> bool {
     }
 }
 
+/// The name of the unique constraint on event ids.
+pub const EVENT_ID_CONSTRAINT: &str = "es_events_event_id_key";
+
+/// Whether an error is a violation of the unique event id: the events were already stored.
+pub fn is_event_id_conflict(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() && db.constraint() == Some(EVENT_ID_CONSTRAINT)
+        }
+        _ => false,
+    }
+}
+
 /// Whether retrying the same call may succeed: lost connections, restarts, pool exhaustion,
 /// serialization failures, deadlocks, and lock or statement timeouts.
 pub fn is_transient(error: &sqlx::Error) -> bool {
@@ -44,11 +57,8 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 
 /// Wraps a sqlx error as a storage error, saying what was being done.
 pub fn storage(message: impl Into<String>, error: sqlx::Error) -> StoreError {
-    StoreError::Storage {
-        message: message.into(),
-        transient: is_transient(&error),
-        source: Box::new(error),
-    }
+    let transient = is_transient(&error);
+    StoreError::storage(message, transient, error)
 }
 
 /// Whether an error raised by user code (a projector's `apply`) is, or was caused by, a

@@ -37,8 +37,8 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::debug;
 
+use crate::append::{append_exact, Columns};
 use crate::error::{is_stream_version_conflict, is_transient};
-use crate::store::{append_exact, Columns};
 
 const APPEND_GROUP: &str = include_str!("sql/append_group.sql");
 
@@ -63,8 +63,9 @@ impl Default for GroupCommit {
 
 /// What a grouped append came to.
 pub(crate) enum Reply {
-    /// The append's own result: `Ok(None)` when its expected version did not hold.
-    Done(Result<Option<AppendResult>, sqlx::Error>),
+    /// The append's own result (`Ok(None)` when its expected version did not hold), and its
+    /// events back, for the caller to say which one was a duplicate.
+    Done(Result<Option<AppendResult>, sqlx::Error>, Columns),
     /// The group's statement failed for everyone, for a reason other than a version race.
     GroupFailed {
         /// The error, as text (every writer of the group gets a copy).
@@ -255,7 +256,7 @@ async fn commit(pool: &PgPool, mut round: Vec<Request>) {
                         stream_version: StreamVersion(version.max(0) as u64),
                         global_position: GlobalPosition(position),
                     });
-                let _ = request.reply.send(Reply::Done(Ok(result)));
+                let _ = request.reply.send(Reply::Done(Ok(result), request.columns));
             }
         }
         // The statement failed in the database, so nothing was written: a writer outside the
@@ -285,7 +286,7 @@ async fn one_by_one(pool: &PgPool, round: Vec<Request>) {
         .for_each_concurrent(ONE_BY_ONE_IN_FLIGHT, |request| async move {
             let result =
                 append_exact(pool, &request.stream, request.expected, &request.columns).await;
-            let _ = request.reply.send(Reply::Done(result));
+            let _ = request.reply.send(Reply::Done(result, request.columns));
         })
         .await;
 }

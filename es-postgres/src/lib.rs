@@ -28,12 +28,17 @@
 //! commit out of order), [`notify`] (wake-ups), [`error`] (how database errors become typed
 //! ones), and with the `testing` feature `testing` (a fresh database per test).
 
+mod append;
+mod commit;
 pub mod error;
+mod event_types;
 pub mod group_commit;
+pub mod idempotency;
 pub mod log_reader;
 pub mod notify;
 mod row;
 pub mod store;
+mod uniques;
 
 #[cfg(feature = "testing")]
 pub mod testing;

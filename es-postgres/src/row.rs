@@ -26,11 +26,8 @@ pub fn recorded_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 pub fn recorded_event_at(row: &PgRow, first: usize) -> Result<RecordedEvent, StoreError> {
     let get = |e| storage("decoding an es_events row", e);
     let stream_id: String = row.try_get(first + 2).map_err(get)?;
-    let stream_id = StreamId::new(stream_id).map_err(|e| StoreError::Storage {
-        message: "stored stream id is invalid".into(),
-        transient: false,
-        source: Box::new(e),
-    })?;
+    let stream_id = StreamId::new(stream_id)
+        .map_err(|e| StoreError::storage("stored stream id is invalid", false, e))?;
     let stream_version: i64 = row.try_get(first + 3).map_err(get)?;
     let schema_version: i32 = row.try_get(first + 5).map_err(get)?;
     Ok(RecordedEvent {
@@ -86,11 +83,10 @@ fn payload(row: &PgRow, column: usize) -> Result<Payload, StoreError> {
 }
 
 fn malformed(column: &str, reason: String) -> StoreError {
-    StoreError::Storage {
-        message: format!("decoding an es_events row's {column}: {reason}"),
-        transient: false,
-        source: reason.into(),
-    }
+    StoreError::storage_message(
+        format!("decoding an es_events row's {column}: {reason}"),
+        false,
+    )
 }
 
 /// Most events carry no metadata: `{}` is recognised from its bytes, without parsing.

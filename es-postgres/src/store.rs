@@ -7,36 +7,44 @@
 //! [`StoreError::Conflict`]. After a successful append the store wakes workers with NOTIFY on
 //! [`NOTIFY_CHANNEL`](crate::NOTIFY_CHANNEL) (coalesced; see [`crate::notify`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use es_core::{
-    AppendResult, EventData, EventStore, ExpectedVersion, FoldEvent, GlobalPosition, RecordedEvent,
-    Snapshot, SnapshotStore, StoreError, StoreLimits, StreamId, StreamVersion,
+    AppendResult, Commit, Committed, EventData, EventStore, ExpectedVersion, FoldEvent,
+    GlobalPosition, IdempotencyKey, RecordedEvent, Snapshot, SnapshotStore, StoreError,
+    StoreLimits, StreamId, StreamVersion, UniqueChange,
 };
-use serde_json::Value;
+use futures::TryStreamExt;
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
-use tracing::{debug, trace, warn};
-use uuid::Uuid;
+use sqlx::{PgConnection, PgPool, Row};
+use tracing::{debug, info, trace, warn};
 
-use crate::error::{is_stream_version_conflict, storage};
+use crate::append::{self, to_i64, Check, Columns, Failure};
+use crate::commit::{self, Prepared};
+use crate::error::storage;
 use crate::group_commit::{GroupCommit, GroupCommitter, Reply};
+use crate::idempotency::{self, Stored, DEFAULT_RETENTION};
 use crate::notify::Notifier;
 use crate::row::{fold_event, recorded_event};
+use crate::{event_types, uniques};
 
-const APPEND: &str = include_str!("sql/append.sql");
-const APPEND_EXACT: &str = include_str!("sql/append_exact.sql");
 const READ_STREAM: &str = include_str!("sql/read_stream.sql");
 const READ_STREAM_FOR_FOLD: &str = include_str!("sql/read_stream_for_fold.sql");
 const READ_ALL: &str = include_str!("sql/read_all.sql");
 const LOAD_SNAPSHOT: &str = include_str!("sql/load_snapshot.sql");
 const SAVE_SNAPSHOT: &str = include_str!("sql/save_snapshot.sql");
 
-/// How many times an append with [`ExpectedVersion::Any`] retries a version race by itself
-/// (with a short random pause that grows with each attempt, so racing writers spread out).
-const ANY_RETRIES: usize = 100;
+/// How many times an append with [`ExpectedVersion::Any`] (or `StreamExists`, on a stream that
+/// exists) retries a version race by itself, with a short random pause that grows with each
+/// attempt, so racing writers spread out.
+const RACE_RETRIES: usize = 100;
+
+/// How many expired idempotency keys one prune statement deletes.
+const PRUNE_BATCH: i64 = 1_000;
 
 /// The PostgreSQL event store. Cheap to clone: clones share the pool.
 #[derive(Clone)]
@@ -47,6 +55,9 @@ pub struct PgEventStore {
     notifier: Arc<OnceLock<Option<Notifier>>>,
     group_commit: Option<GroupCommit>,
     committer: Arc<OnceLock<Option<GroupCommitter>>>,
+    retention: Duration,
+    /// When keys were last pruned (seconds since the epoch), shared by clones.
+    last_prune: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PgEventStore {
@@ -55,6 +66,7 @@ impl std::fmt::Debug for PgEventStore {
             .field("limits", &self.limits)
             .field("notify", &self.notify)
             .field("group_commit", &self.group_commit)
+            .field("idempotency_retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +81,10 @@ impl PgEventStore {
             notifier: Arc::new(OnceLock::new()),
             group_commit: None,
             committer: Arc::new(OnceLock::new()),
+            retention: DEFAULT_RETENTION,
+            // The first prune comes one interval after the store starts, not with its first
+            // keyed commit: processes starting together do not all prune at once.
+            last_prune: Arc::new(AtomicU64::new(now_secs())),
         }
     }
 
@@ -84,6 +100,15 @@ impl PgEventStore {
     /// Enforces these limits on appends.
     pub fn with_limits(mut self, limits: StoreLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Keeps idempotency keys this long (a day by default). A key older than that is free
+    /// again: a command repeated later runs anew. Expired keys are deleted by
+    /// [`PgEventStore::prune_idempotency_keys`], which keyed commits also start by themselves
+    /// at most once per tenth of the retention (and at most once a minute).
+    pub fn with_idempotency_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention.max(Duration::from_secs(1));
         self
     }
 
@@ -110,22 +135,201 @@ impl PgEventStore {
         }
     }
 
-    async fn append_once(
+    /// Writes a [`Commit`] inside the caller's transaction (or on any connection): the
+    /// caller's own rows and the events commit together, or neither does. The commit runs in a
+    /// savepoint, so a refusal (a conflict, a taken unique value, a reused key) leaves the
+    /// caller's transaction as it was, usable; a replayed key writes nothing and returns the
+    /// first outcome. Workers are woken when the caller's transaction commits: the wake-up is a
+    /// NOTIFY in that transaction, which PostgreSQL delivers only at commit.
+    ///
+    /// ```no_run
+    /// # use es_core::{Commit, EventData, ExpectedVersion, StreamId};
+    /// # async fn demo(store: es_postgres::PgEventStore) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = store.pool().begin().await?;
+    /// sqlx::query("INSERT INTO deal_crm_ids (deal_id, crm_id) VALUES ($1, $2)")
+    ///     .bind("deal-1")
+    ///     .bind("CRM-1")
+    ///     .execute(&mut *tx)
+    ///     .await?;
+    /// let created = EventData::raw("Created", 1, serde_json::json!({}));
+    /// let deal = StreamId::new("deal-1")?;
+    /// store
+    ///     .commit_in(&mut tx, Commit::single(deal, ExpectedVersion::NoStream, vec![created]))
+    ///     .await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Under REPEATABLE READ or SERIALIZABLE, a race the snapshot cannot see (another writer's
+    /// version, key or claim committed after it was taken) is a serialization failure
+    /// (transient): roll back and run the whole transaction again.
+    pub async fn commit_in(
+        &self,
+        conn: &mut PgConnection,
+        commit: Commit,
+    ) -> Result<Committed, StoreError> {
+        commit.check(&self.limits)?;
+        let prepared = Prepared::new(commit);
+        let mut attempt = 1;
+        loop {
+            match commit::write(conn, &prepared, self.retention, self.notify).await {
+                Err(error) if prepared.retries(&error) && attempt < RACE_RETRIES => {
+                    race_pause(attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`EventStore::append`] inside the caller's transaction: see [`PgEventStore::commit_in`].
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        let committed = self
+            .commit_in(conn, Commit::single(stream.clone(), expected, events))
+            .await?;
+        single_result(stream, &committed)
+    }
+
+    /// Deletes idempotency keys older than the retention; returns how many.
+    pub async fn prune_idempotency_keys(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = idempotency::prune(&self.pool, self.retention, PRUNE_BATCH)
+                .await
+                .map_err(|e| storage("pruning expired idempotency keys", e))?;
+            total += deleted;
+            if deleted < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        if total > 0 {
+            info!(deleted = total, "pruned expired idempotency keys");
+        }
+        Ok(total)
+    }
+
+    /// Starts a prune in the background if the last one is old enough.
+    fn maybe_prune(&self) {
+        let now = now_secs();
+        let every = (self.retention.as_secs() / 10).max(60);
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if now < last + every
+            || self
+                .last_prune
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.clone();
+            runtime.spawn(async move {
+                if let Err(error) = store.prune_idempotency_keys().await {
+                    warn!(%error, "pruning idempotency keys failed; the next keyed commit tries again");
+                    store.last_prune.store(0, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+
+    /// Rewrites the unique claims of `scopes` from the log: every event, in log order, through
+    /// `changes_of` (for an aggregate, [`es_core::Repository::unique_changes_of`], and only
+    /// for its streams). For repairs:
+    /// a table lost, or an aggregate that starts declaring claims its old events imply.
+    ///
+    /// One transaction: the claims table is locked against every claim and release meanwhile
+    /// (commits that claim wait), the log is read as of the lock, and the rows replaced. Returns
+    /// how many values are held afterwards.
+    pub async fn rebuild_unique_claims<F, E>(
+        &self,
+        scopes: &[&str],
+        changes_of: F,
+    ) -> Result<u64, StoreError>
+    where
+        F: Fn(&RecordedEvent) -> Result<Vec<UniqueChange>, E>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let failed = |e| storage("rebuilding unique claims", e);
+        let mut tx = self.pool.begin().await.map_err(failed)?;
+        uniques::lock_for_rebuild(&mut tx, scopes)
+            .await
+            .map_err(failed)?;
+        let mut held: std::collections::BTreeMap<(String, String), String> = Default::default();
+        {
+            let mut rows = sqlx::query(
+                "SELECT global_position, event_id, stream_id, stream_version, event_type,
+                        schema_version, payload, metadata, recorded_at
+                 FROM es_events ORDER BY global_position",
+            )
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await.map_err(failed)? {
+                let event = recorded_event(&row)?;
+                let changes = changes_of(&event).map_err(|e| {
+                    StoreError::storage(
+                        format!(
+                            "rebuilding unique claims: event at position {} of stream {}",
+                            event.global_position, event.stream_id
+                        ),
+                        false,
+                        e,
+                    )
+                })?;
+                for change in changes {
+                    let (scope, value) = change.key();
+                    if !scopes.contains(&scope) {
+                        continue;
+                    }
+                    let key = (scope.to_string(), value.to_string());
+                    match change {
+                        UniqueChange::Claim { .. } => {
+                            held.entry(key)
+                                .or_insert_with(|| event.stream_id.to_string());
+                        }
+                        UniqueChange::Release { .. } => {
+                            if held.get(&key).map(String::as_str) == Some(event.stream_id.as_str())
+                            {
+                                held.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        uniques::insert_rebuilt(&mut tx, &held)
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(held.len() as u64)
+    }
+
+    /// One append on its own (not grouped), retrying version races its expectation allows.
+    async fn append_alone(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         columns: &Columns,
     ) -> Result<AppendResult, StoreError> {
-        let result = match expected {
-            ExpectedVersion::Exact(version) => {
-                append_exact(&self.pool, stream, to_i64(version.0), columns).await
+        let check = Check::of(expected);
+        let mut attempt = 1;
+        loop {
+            let result = append::append(&self.pool, stream, check, columns).await;
+            match self.settle(stream, expected, columns, result).await {
+                Err(StoreError::Conflict { actual, .. })
+                    if check.retries_race(actual) && attempt < RACE_RETRIES =>
+                {
+                    trace!(stream = %stream, attempt, "version race on an {expected} append; retrying");
+                    race_pause(attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
             }
-            ExpectedVersion::NoStream => append_exact(&self.pool, stream, 0, columns).await,
-            ExpectedVersion::Any | ExpectedVersion::StreamExists => {
-                self.append_checked(stream, expected, columns).await
-            }
-        };
-        self.settle(stream, expected, result).await
+        }
     }
 
     /// An append's statement result as the caller's answer.
@@ -133,23 +337,41 @@ impl PgEventStore {
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
+        columns: &Columns,
         result: Result<Option<AppendResult>, sqlx::Error>,
     ) -> Result<AppendResult, StoreError> {
-        match result {
-            Ok(Some(appended)) => Ok(appended),
+        let error = match result {
+            Ok(Some(appended)) => return Ok(appended),
+            Ok(None) => None,
+            Err(error) => Some(error),
+        };
+        match error.map(Failure::of) {
             // Nothing inserted: the expectation did not hold. Say where the stream is.
-            Ok(None) => Err(StoreError::Conflict {
+            None | Some(Failure::VersionRace) => Err(StoreError::Conflict {
                 stream: stream.clone(),
                 expected,
                 actual: self.stream_version(stream).await.ok().flatten(),
             }),
-            Err(error) if is_stream_version_conflict(&error) => Err(StoreError::Conflict {
-                stream: stream.clone(),
-                expected,
-                actual: self.stream_version(stream).await.ok().flatten(),
+            Some(Failure::DuplicateEventId) => Err(StoreError::DuplicateEventId {
+                event_id: self
+                    .stored_id(columns)
+                    .await
+                    .unwrap_or(columns.event_ids[0]),
             }),
-            Err(error) => Err(storage(format!("appending to stream {stream}"), error)),
+            Some(Failure::Other(error)) => {
+                Err(storage(format!("appending to stream {stream}"), error))
+            }
         }
+    }
+
+    /// Which of these event ids is stored, if one can be found.
+    async fn stored_id(&self, columns: &Columns) -> Option<uuid::Uuid> {
+        sqlx::query_scalar("SELECT event_id FROM es_events WHERE event_id = ANY($1) LIMIT 1")
+            .bind(&columns.event_ids)
+            .fetch_optional(&self.pool)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The committer, if this store groups appends and a runtime is there to run it.
@@ -173,14 +395,15 @@ impl PgEventStore {
             // The committers are gone (their runtime shut down): append alone.
             Err(columns) => {
                 warn!(stream = %stream, "group committers stopped; appending alone");
-                self.append_once(stream, expected, &columns).await
+                self.append_alone(stream, expected, &columns).await
             }
-            Ok(Reply::Done(result)) => self.settle(stream, expected, result).await,
-            Ok(Reply::GroupFailed { message, transient }) => Err(StoreError::Storage {
-                message: format!("appending to stream {stream} (in a group commit): {message}"),
+            Ok(Reply::Done(result, columns)) => {
+                self.settle(stream, expected, &columns, result).await
+            }
+            Ok(Reply::GroupFailed { message, transient }) => Err(StoreError::storage_message(
+                format!("appending to stream {stream} (in a group commit): {message}"),
                 transient,
-                source: message.into(),
-            }),
+            )),
         }
     }
 
@@ -200,105 +423,28 @@ impl PgEventStore {
             .await
             .map_err(|e| storage(format!("reading stream {stream}"), e))
     }
-
-    /// `Any` and `StreamExists`: the statement reads the current version itself.
-    async fn append_checked(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        columns: &Columns,
-    ) -> Result<Option<AppendResult>, sqlx::Error> {
-        let kind = match expected {
-            ExpectedVersion::StreamExists => "stream_exists",
-            _ => "any",
-        };
-        let row = sqlx::query(APPEND)
-            .bind(stream.as_str())
-            .bind(kind)
-            .bind(0i64)
-            .bind(&columns.event_ids)
-            .bind(&columns.event_types)
-            .bind(&columns.schema_versions)
-            .bind(&columns.payloads)
-            .bind(&columns.metadata)
-            .fetch_one(&self.pool)
-            .await?;
-        let last_version: Option<i64> = row.try_get("last_version")?;
-        let last_position: Option<i64> = row.try_get("last_position")?;
-        Ok(last_version
-            .zip(last_position)
-            .map(|(version, position)| AppendResult {
-                stream_version: StreamVersion(version as u64),
-                global_position: GlobalPosition(position),
-            }))
-    }
 }
 
-/// The command path: the stream must be at `version` exactly (0: no events). `Ok(None)` when it
-/// is not (and no writer raced this one to the next version).
-pub(crate) async fn append_exact(
-    pool: &PgPool,
-    stream: &StreamId,
-    version: i64,
-    columns: &Columns,
-) -> Result<Option<AppendResult>, sqlx::Error> {
-    let rows = sqlx::query(APPEND_EXACT)
-        .bind(stream.as_str())
-        .bind(version)
-        .bind(&columns.event_ids)
-        .bind(&columns.event_types)
-        .bind(&columns.schema_versions)
-        .bind(&columns.payloads)
-        .bind(&columns.metadata)
-        .fetch_all(pool)
-        .await?;
-    let mut last = None;
-    for row in &rows {
-        let version: i64 = row.try_get("stream_version")?;
-        let position: i64 = row.try_get("global_position")?;
-        if last.is_none_or(|(v, _)| version > v) {
-            last = Some((version, position));
-        }
-    }
-    Ok(last.map(|(version, position)| AppendResult {
-        stream_version: StreamVersion(version as u64),
-        global_position: GlobalPosition(position),
-    }))
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-/// An append's events as the column arrays the append statement unnests.
-pub(crate) struct Columns {
-    pub(crate) event_ids: Vec<Uuid>,
-    pub(crate) event_types: Vec<String>,
-    pub(crate) schema_versions: Vec<i32>,
-    pub(crate) payloads: Vec<Value>,
-    pub(crate) metadata: Vec<Value>,
+/// A short random pause before retrying a lost version race, growing with each attempt.
+async fn race_pause(attempt: usize) {
+    let cap_micros = (attempt as u64 * 200).min(20_000);
+    let pause = uuid::Uuid::new_v4().as_u128() as u64 % cap_micros;
+    tokio::time::sleep(Duration::from_micros(pause)).await;
 }
 
-impl Columns {
-    pub(crate) fn new(events: Vec<EventData>) -> Self {
-        let mut columns = Columns {
-            event_ids: Vec::with_capacity(events.len()),
-            event_types: Vec::with_capacity(events.len()),
-            schema_versions: Vec::with_capacity(events.len()),
-            payloads: Vec::with_capacity(events.len()),
-            metadata: Vec::with_capacity(events.len()),
-        };
-        for event in events {
-            columns.metadata.push(event.metadata.to_json());
-            columns.event_ids.push(event.event_id);
-            columns.event_types.push(event.event_type);
-            columns
-                .schema_versions
-                .push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-            columns.payloads.push(event.payload);
-        }
-        columns
-    }
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+fn single_result(stream: &StreamId, committed: &Committed) -> Result<AppendResult, StoreError> {
+    committed.stream(stream).map(|s| s.result()).ok_or_else(|| {
+        StoreError::storage_message(
+            format!("the commit to {stream} returned no outcome for it"),
+            false,
+        )
+    })
 }
 
 #[async_trait]
@@ -312,50 +458,104 @@ impl EventStore for PgEventStore {
         self.limits.check(stream, &events)?;
         let count = events.len();
         let columns = Columns::new(events);
-        let exact = match expected {
-            ExpectedVersion::Exact(version) => Some(to_i64(version.0)),
-            ExpectedVersion::NoStream => Some(0),
-            ExpectedVersion::Any | ExpectedVersion::StreamExists => None,
+        let grouped = match (Check::of(expected), self.committer()) {
+            (Check::Exact(version), Some(committer)) => Some((version, committer)),
+            _ => None,
         };
-        if let (Some(version), Some(committer)) = (exact, self.committer()) {
-            let appended = self
-                .append_grouped(committer, stream, expected, version, columns)
-                .await?;
-            debug!(
-                stream = %stream,
-                events = count,
-                version = %appended.stream_version,
-                position = %appended.global_position,
-                "appended (group commit)"
-            );
-            self.wake_workers();
-            return Ok(appended);
-        }
-        let mut attempt = 1;
-        let appended = loop {
-            match self.append_once(stream, expected, &columns).await {
-                // With Any the caller has no expectation to break: a lost race is retried here.
-                Err(StoreError::Conflict { .. })
-                    if expected == ExpectedVersion::Any && attempt < ANY_RETRIES =>
-                {
-                    trace!(stream = %stream, attempt, "version race on an Any append; retrying");
-                    let cap_micros = (attempt as u64 * 200).min(20_000);
-                    let pause = uuid::Uuid::new_v4().as_u128() as u64 % cap_micros;
-                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
-                    attempt += 1;
-                }
-                other => break other?,
+        let appended = match grouped {
+            Some((version, committer)) => {
+                self.append_grouped(committer, stream, expected, version, columns)
+                    .await?
             }
+            None => self.append_alone(stream, expected, &columns).await?,
         };
         debug!(
             stream = %stream,
             events = count,
             version = %appended.stream_version,
             position = %appended.global_position,
+            grouped = grouped.is_some(),
             "appended"
         );
         self.wake_workers();
         Ok(appended)
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let keyed = commit.idempotency().is_some();
+        commit.check(&self.limits)?;
+        let prepared = Prepared::new(commit);
+        let mut attempt = 1;
+        let committed = loop {
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| storage("acquiring a connection for a commit", e))?;
+            match commit::write(&mut conn, &prepared, self.retention, false).await {
+                Err(error) if prepared.retries(&error) && attempt < RACE_RETRIES => {
+                    drop(conn);
+                    race_pause(attempt).await;
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        debug!(
+            streams = committed.streams.len(),
+            position = %committed.global_position(),
+            replayed = committed.replayed,
+            "committed"
+        );
+        if !committed.replayed {
+            self.wake_workers();
+        }
+        if keyed {
+            self.maybe_prune();
+        }
+        Ok(committed)
+    }
+
+    async fn idempotent_outcome(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Committed>, StoreError> {
+        let stored = idempotency::read(&self.pool, key, self.retention)
+            .await
+            .map_err(|e| storage("reading an idempotency key", e))?;
+        match stored {
+            None => Ok(None),
+            Some(Stored::Other) => Err(StoreError::IdempotencyKeyReused {
+                key: key.key().to_string(),
+            }),
+            Some(Stored::Same(streams)) => Ok(Some(Committed {
+                streams,
+                replayed: true,
+            })),
+        }
+    }
+
+    async fn unique_holder(
+        &self,
+        scope: &str,
+        value: &str,
+    ) -> Result<Option<StreamId>, StoreError> {
+        let holder = uniques::holder(&self.pool, scope, value)
+            .await
+            .map_err(|e| storage(format!("reading who holds {scope} {value:?}"), e))?;
+        holder
+            .map(|h| {
+                StreamId::new(h).map_err(|e| {
+                    StoreError::storage("a stored unique value's holder is invalid", false, e)
+                })
+            })
+            .transpose()
+    }
+
+    async fn stored_event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        event_types::stored(&self.pool)
+            .await
+            .map_err(|e| storage("reading the event types the log holds", e))
     }
 
     async fn read_stream(

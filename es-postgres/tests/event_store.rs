@@ -156,12 +156,12 @@ async fn only_our_constraint_is_a_conflict() {
         .append(
             &stream("b"),
             ExpectedVersion::NoStream,
-            vec![event(2), first],
+            vec![event(2), first.clone()],
         )
         .await;
     match duplicate {
-        Err(StoreError::Storage { transient, .. }) => assert!(!transient),
-        other => panic!("a duplicate event id must be a storage error, got {other:?}"),
+        Err(StoreError::DuplicateEventId { event_id }) => assert_eq!(event_id, first.event_id),
+        other => panic!("a duplicate event id must be DuplicateEventId, got {other:?}"),
     }
     assert_eq!(store.stream_version(&stream("b")).await.unwrap(), None);
 }

@@ -431,11 +431,7 @@ struct BrokenSnapshots {
 }
 
 fn down() -> StoreError {
-    StoreError::Storage {
-        message: "snapshot store is down".into(),
-        transient: true,
-        source: "connection refused".into(),
-    }
+    StoreError::storage("snapshot store is down", true, "connection refused")
 }
 
 #[async_trait]

@@ -53,11 +53,11 @@ fn millis(d: Duration) -> i64 {
 fn holes_from(row: &PgRow) -> Result<Vec<es_postgres::Hole>, ProjectionError> {
     let holes: serde_json::Value = row.try_get("holes")?;
     serde_json::from_value(holes).map_err(|e| {
-        ProjectionError::Store(StoreError::Storage {
-            message: "the stored cursor of a projection is malformed (es_projections.holes)".into(),
-            transient: false,
-            source: Box::new(e),
-        })
+        ProjectionError::Store(StoreError::storage(
+            "the stored cursor of a projection is malformed (es_projections.holes)",
+            false,
+            e,
+        ))
     })
 }
 
@@ -81,11 +81,11 @@ fn lease_from(row: &PgRow, owner: &str) -> Result<Lease, ProjectionError> {
 
 fn holes_json(cursor: &LogCursor) -> Result<serde_json::Value, ProjectionError> {
     serde_json::to_value(&cursor.holes).map_err(|e| {
-        ProjectionError::Store(StoreError::Storage {
-            message: "encoding a projection cursor".into(),
-            transient: false,
-            source: Box::new(e),
-        })
+        ProjectionError::Store(StoreError::storage(
+            "encoding a projection cursor",
+            false,
+            e,
+        ))
     })
 }
 

@@ -168,11 +168,11 @@ async fn park(
 
 /// A projector error caused by a transient database failure: retried from the checkpoint.
 fn transient(projection: &str, error: ProjectorError) -> ProjectionError {
-    ProjectionError::Store(StoreError::Storage {
-        message: format!("projection {projection}: a transient database error while applying"),
-        transient: true,
-        source: error,
-    })
+    ProjectionError::Store(StoreError::storage(
+        format!("projection {projection}: a transient database error while applying"),
+        true,
+        error,
+    ))
 }
 
 /// Applies a batch read by the log reader and writes the checkpoint after it, both in `tx` and

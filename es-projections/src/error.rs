@@ -133,13 +133,11 @@ impl ProjectionError {
         source: ProjectorError,
     ) -> Self {
         if es_postgres::error::is_transient_cause(source.as_ref()) {
-            ProjectionError::Store(StoreError::Storage {
-                message: format!(
-                    "projection {projection}: {action} hit a transient database error"
-                ),
-                transient: true,
+            ProjectionError::Store(StoreError::storage(
+                format!("projection {projection}: {action} hit a transient database error"),
+                true,
                 source,
-            })
+            ))
         } else {
             ProjectionError::Projector {
                 projection: projection.to_string(),

@@ -43,11 +43,11 @@ impl ReadAhead {
         let (from, read) = self.pending.take()?;
         let batch = match read.await {
             Ok(batch) => batch,
-            Err(join) => Err(StoreError::Storage {
-                message: "reading the global log ahead".into(),
-                transient: false,
-                source: Box::new(join),
-            }),
+            Err(join) => Err(StoreError::storage(
+                "reading the global log ahead",
+                false,
+                join,
+            )),
         };
         let batch = match batch {
             Ok(batch) => batch,

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use es_core::{Aggregate, DomainEvent, EventEnvelope, StreamId};
+use es_core::{
+    AcrossOutcome, Aggregate, CommandOptions, DomainEvent, EventEnvelope, Repository,
+    RepositoryError, StreamId,
+};
 use es_projections::{Projector, ProjectorError, Tables};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -75,6 +78,9 @@ pub enum AccountError {
     /// A zero or negative amount.
     #[error("amounts must be positive, got {0}")]
     InvalidAmount(i64),
+    /// A transfer from an account to itself.
+    #[error("a transfer needs two different accounts")]
+    SameAccount,
     /// A withdrawal larger than the balance.
     #[error("insufficient funds: balance {balance}, asked {asked}")]
     InsufficientFunds {
@@ -119,6 +125,30 @@ impl Aggregate for Account {
             AccountEvent::Withdrawn { amount } => self.balance -= amount,
         }
     }
+}
+
+/// Moves `amount` cents from one account to another: a withdrawal and a deposit decided on both
+/// accounts' current states and committed in one transaction (both or neither), each at the
+/// version it was decided on; a conflict on either reloads both and decides again. With an
+/// idempotency key in `options`, a retried transfer moves the money once.
+pub async fn transfer(
+    accounts: &Repository<Account>,
+    from: &StreamId,
+    to: &StreamId,
+    amount: i64,
+    options: CommandOptions,
+) -> Result<AcrossOutcome<AccountEvent>, RepositoryError<AccountError>> {
+    if from == to {
+        return Err(RepositoryError::Domain(AccountError::SameAccount));
+    }
+    let streams = [from.clone(), to.clone()];
+    accounts
+        .execute_across(&streams, options, |states| {
+            let withdrawn = states[0].handle(AccountCommand::Withdraw { amount })?;
+            let deposited = states[1].handle(AccountCommand::Deposit { amount })?;
+            Ok(vec![withdrawn, deposited])
+        })
+        .await
 }
 
 /// Every account stream's id starts with this.

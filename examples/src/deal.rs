@@ -7,7 +7,7 @@
 //!   by an older deployment) carried one field per event as `{"key": ..., "value": ...}` and is
 //!   upcast on read by the step in [`upcasters`].
 //! - The CRM id lives beside the event-sourced part, in the plain table `deal_crm_ids`
-//!   ([`create_deal`] writes both).
+//!   ([`create_deal`] writes the row and the `Created` event in one transaction).
 //! - [`DealsProjector`] maintains the read table `deals`: typed, indexed columns for the fields
 //!   queries filter on, the whole configuration as `jsonb`, and the stream version it reflects.
 //! - [`load`] is the workload generator behind the `deal-load` binary: deterministic, skewed,
@@ -18,8 +18,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use es_core::{
-    Aggregate, CommandOutcome, DomainEvent, EventData, EventEnvelope, EventStore, ExpectedVersion,
-    Metadata, Repository, RepositoryError, StreamId, StreamVersion, Upcasters,
+    Aggregate, CommandOptions, CommandOutcome, DomainEvent, EventData, EventEnvelope, EventStore,
+    ExpectedVersion, Metadata, Repository, RepositoryError, StoreError, StreamId, StreamVersion,
+    Upcasters,
 };
 use es_postgres::PgEventStore;
 use es_projections::{Projector, ProjectorError, Tables};
@@ -181,33 +182,55 @@ pub async fn create_crm_table(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// Why [`create_deal`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateDealError {
-    /// Recording the CRM id.
+    /// Recording the CRM id (or committing the transaction).
     #[error("recording the CRM id: {0}")]
     Crm(#[from] sqlx::Error),
-    /// Executing the command.
+    /// Deciding the command.
     #[error(transparent)]
     Command(#[from] RepositoryError<DealError>),
+    /// Appending the event (a conflict: the deal was created meanwhile).
+    #[error(transparent)]
+    Append(#[from] StoreError),
 }
 
-/// Application code: creates a deal and records its CRM id beside it.
-///
-/// The event append and the CRM row are two writes; the CRM row is written first and
-/// idempotently, so a retry after a failed append converges.
+/// Application code: creates a deal and records its CRM id beside it, in one transaction: the
+/// `deal_crm_ids` row and the `Created` event commit together or not at all.
 pub async fn create_deal(
     deals: &Repository<Deal>,
-    pool: &PgPool,
+    store: &PgEventStore,
     deal: &StreamId,
     crm_id: &str,
 ) -> Result<CommandOutcome<DealEvent>, CreateDealError> {
-    sqlx::query(
-        "INSERT INTO deal_crm_ids (deal_id, crm_id) VALUES ($1, $2)
-         ON CONFLICT (deal_id) DO UPDATE SET crm_id = excluded.crm_id",
-    )
-    .bind(deal.as_str())
-    .bind(crm_id)
-    .execute(pool)
-    .await?;
-    Ok(deals.execute(deal, DealCommand::Create).await?)
+    let decision = deals
+        .decide(deal, DealCommand::Create, CommandOptions::default())
+        .await?;
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("INSERT INTO deal_crm_ids (deal_id, crm_id) VALUES ($1, $2)")
+        .bind(deal.as_str())
+        .bind(crm_id)
+        .execute(&mut *tx)
+        .await?;
+    let Some(commit) = decision.commit else {
+        // Create always causes an event; nothing to write otherwise.
+        tx.commit().await?;
+        return Ok(CommandOutcome {
+            stream_version: decision.version,
+            global_position: None,
+            events: decision.events,
+            attempts: 1,
+            replayed: false,
+        });
+    };
+    let committed = store.commit_in(&mut tx, commit).await?;
+    tx.commit().await?;
+    let written = committed.stream(deal).map(|s| s.result());
+    Ok(CommandOutcome {
+        stream_version: written.map_or(decision.version, |w| w.stream_version),
+        global_position: written.map(|w| w.global_position),
+        events: decision.events,
+        attempts: 1,
+        replayed: committed.replayed,
+    })
 }
 
 /// The read model of deals. Logical table `deals`:

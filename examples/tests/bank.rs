@@ -6,9 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use es_core::{GlobalPosition, Repository, RepositoryError, RetryPolicy, StreamId};
+use es_core::{
+    CommandOptions, GlobalPosition, IdempotencyKey, Repository, RepositoryError, RetryPolicy,
+    StreamId,
+};
 use es_examples::bank::{
-    Account, AccountCommand, AccountError, BalancesProjector, OwnersProjector,
+    transfer, Account, AccountCommand, AccountError, BalancesProjector, OwnersProjector,
 };
 use es_postgres::testing::TestDatabase;
 use es_postgres::PgEventStore;
@@ -142,4 +145,141 @@ async fn concurrent_withdrawals_never_overdraw_and_both_projections_agree() {
     .await
     .unwrap();
     assert_eq!(applied, 10);
+}
+
+/// 32 tasks move money between overlapping pairs of 8 accounts, each transfer one commit over
+/// two streams (with an idempotency key, retried once as a client would after a timeout):
+/// money is conserved, no account is overdrawn, each transfer's two events share one
+/// PostgreSQL transaction, and every stream's versions are contiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_transfers_conserve_money() {
+    let db = TestDatabase::with_max_connections(40).await;
+    let retry = RetryPolicy {
+        max_attempts: 200,
+        ..RetryPolicy::default()
+    };
+    let accounts =
+        Arc::new(Repository::<Account>::new(PgEventStore::new(db.pool.clone())).with_retry(retry));
+    let ids: Vec<StreamId> = (0..8)
+        .map(|i| StreamId::new(format!("account-{i}")).unwrap())
+        .collect();
+    for id in &ids {
+        let owner = id.to_string();
+        accounts
+            .execute(id, AccountCommand::Open { owner })
+            .await
+            .unwrap();
+        accounts
+            .execute(id, AccountCommand::Deposit { amount: 100 })
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = (0..32usize)
+        .map(|task| {
+            let (accounts, ids) = (accounts.clone(), ids.clone());
+            tokio::spawn(async move {
+                let mut moved = 0;
+                for round in 0..10usize {
+                    let from = &ids[(task + round) % 8];
+                    let to = &ids[(task + round + 1 + task % 3) % 8];
+                    let key = format!("transfer-{task}-{round}");
+                    let options = || {
+                        CommandOptions::default().idempotency_key(
+                            IdempotencyKey::for_request(&key, &(from, to, 7)).unwrap(),
+                        )
+                    };
+                    match transfer(&accounts, from, to, 7, options()).await {
+                        Ok(outcome) => {
+                            assert!(!outcome.replayed);
+                            moved += 1;
+                            // The client retries (its answer was lost): nothing moves twice.
+                            let again = transfer(&accounts, from, to, 7, options()).await.unwrap();
+                            assert!(again.replayed);
+                            assert_eq!(again.streams, outcome.streams);
+                        }
+                        Err(RepositoryError::Domain(AccountError::InsufficientFunds {
+                            ..
+                        })) => {}
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+                moved
+            })
+        })
+        .collect();
+    let mut moved = 0;
+    for task in tasks {
+        moved += task.await.unwrap();
+    }
+    assert!(moved > 0);
+    let mut total = 0;
+    for id in &ids {
+        let balance = accounts.load(id).await.unwrap().state.balance;
+        assert!(balance >= 0, "{id} is overdrawn: {balance}");
+        total += balance;
+    }
+    assert_eq!(total, 800, "money is conserved");
+    let transfers: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT transaction_id) FROM es_events
+         WHERE event_type IN ('Withdrawn', 'Deposited') AND stream_version > 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        transfers,
+        vec![(2 * moved, moved)],
+        "two events per transaction"
+    );
+    let gaps: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT stream_version,
+                row_number() OVER (PARTITION BY stream_id ORDER BY stream_version) AS n
+             FROM es_events) v WHERE stream_version <> n",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(gaps, 0, "every stream's versions are contiguous");
+}
+
+#[tokio::test]
+async fn a_transfer_needs_two_accounts_and_the_money() {
+    let accounts = Repository::<Account>::new(es_core::InMemoryStore::new());
+    let (a, b) = (
+        StreamId::new("account-a").unwrap(),
+        StreamId::new("account-b").unwrap(),
+    );
+    for id in [&a, &b] {
+        accounts
+            .execute(id, AccountCommand::Open { owner: "o".into() })
+            .await
+            .unwrap();
+    }
+    accounts
+        .execute(&a, AccountCommand::Deposit { amount: 10 })
+        .await
+        .unwrap();
+    assert!(matches!(
+        transfer(&accounts, &a, &a, 1, CommandOptions::default()).await,
+        Err(RepositoryError::Domain(AccountError::SameAccount))
+    ));
+    assert!(matches!(
+        transfer(&accounts, &a, &b, 11, CommandOptions::default()).await,
+        Err(RepositoryError::Domain(
+            AccountError::InsufficientFunds { .. }
+        ))
+    ));
+    let moved = transfer(&accounts, &a, &b, 4, CommandOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        moved
+            .streams
+            .iter()
+            .map(|s| s.stream_version.0)
+            .collect::<Vec<_>>(),
+        vec![3, 2]
+    );
+    assert_eq!(accounts.load(&a).await.unwrap().state.balance, 6);
+    assert_eq!(accounts.load(&b).await.unwrap().state.balance, 4);
 }

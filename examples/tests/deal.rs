@@ -147,9 +147,19 @@ async fn the_deals_table_equals_a_fold_of_the_events_including_legacy_rows() {
     assert_eq!(refused, 8, "deals 5, 10, ... 40 are closed");
     assert_eq!(configured, 32);
     let new = StreamId::new("deal-new").unwrap();
-    create_deal(&deals, &db.pool, &new, "CRM-NEW")
+    let store = PgEventStore::new(db.pool.clone());
+    create_deal(&deals, &store, &new, "CRM-NEW").await.unwrap();
+    // Created again: the CRM row and the event are one transaction, so the refused second
+    // creation leaves the first CRM id (the duplicate row fails first, or the event conflicts).
+    assert!(create_deal(&deals, &store, &new, "CRM-OTHER")
+        .await
+        .is_err());
+    let crm: String = sqlx::query_scalar("SELECT crm_id FROM deal_crm_ids WHERE deal_id = $1")
+        .bind(new.as_str())
+        .fetch_one(&db.pool)
         .await
         .unwrap();
+    assert_eq!(crm, "CRM-NEW");
     let outcome = deals
         .execute(&new, DealCommand::Configure { fields })
         .await
