@@ -114,6 +114,11 @@ pub enum ProjectionError {
         /// How long we waited.
         timeout: std::time::Duration,
     },
+    /// The log holds events this binary cannot read: a stored (event type, schema version)
+    /// with no upcaster path to the current version. Found at start-up, before any event was
+    /// applied; register the missing step (or deploy the newer code) and restart.
+    #[error("the log holds events this worker cannot read: {0}")]
+    Unreadable(#[from] es_core::UpcasterChainError),
     /// The database failed. Transient failures are retried by workers with backoff.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -11,7 +11,9 @@
 //!   and switches atomically (use it when reads must not see a half-built table).
 //! - After a command, [`wait_for`] the append's position to read your own write.
 //! - Projections here are asynchronous: they trail the write by milliseconds. For a read that
-//!   must be in the command's own transaction, query the aggregate instead.
+//!   must see the latest write, load the aggregate with a [`ReadModelSource`]: the projection's
+//!   row plus the events it has not applied yet. The same source makes commands on long
+//!   streams cheap.
 //!
 //! Guarantees (see [`worker`]): every committed event applied exactly once in effect, per-stream
 //! order, nothing skipped when transactions commit out of order ([`es_postgres::log_reader`]
@@ -43,7 +45,7 @@
 //! Modules in reading order: [`projector`], [`worker`], `checkpoint` (the projection row:
 //! leases, fencing, the ledger; private), [`engine`] (one batch), [`rebuild`](mod@rebuild),
 //! [`status`](mod@status), [`verify`](mod@verify) (proving nothing was skipped),
-//! [`wait`](mod@wait), [`views`], [`cli`].
+//! [`wait`](mod@wait), [`state_source`], [`views`], [`cli`].
 
 mod checkpoint;
 pub mod cli;
@@ -52,6 +54,7 @@ pub mod error;
 pub mod projector;
 pub mod read_ahead;
 pub mod rebuild;
+pub mod state_source;
 pub mod status;
 pub mod verify;
 pub mod views;
@@ -64,6 +67,7 @@ pub use projector::{Projector, Tables};
 pub use rebuild::{
     abandon_shadow, rebuild, rebuild_until, RebuildOptions, RebuildProgress, RebuildReport,
 };
+pub use state_source::{ReadModelSource, StateRows};
 pub use status::{status, Status};
 pub use verify::{verify, VerifyReport};
 pub use wait::{live_cursor, wait_for};

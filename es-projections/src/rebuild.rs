@@ -118,6 +118,7 @@ pub async fn rebuild_until(
         .find(name)
         .cloned()
         .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))?;
+    worker.check_stored().await?;
     let pool = worker.pool();
     let owner = format!("rebuild:{}", default_owner());
     checkpoint::ensure_row(pool, name).await?;

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use es_core::Upcasters;
+use es_core::{EventStore, Upcasters};
 use es_postgres::{read_batch, LogCursor};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -152,6 +152,17 @@ impl Worker {
         self.run_only(&[], shutdown).await
     }
 
+    /// Checks that this worker's registry can read every (event type, schema version) the log
+    /// holds for the types it knows ([`Upcasters::check_stored`](es_core::Upcasters::check_stored)).
+    /// `run` and `rebuild` call it before applying anything.
+    pub async fn check_stored(&self) -> Result<(), ProjectionError> {
+        let stored = es_postgres::PgEventStore::new(self.pool.clone())
+            .stored_event_types()
+            .await?;
+        self.upcasters.check_stored(&stored)?;
+        Ok(())
+    }
+
     /// Runs the named projections (all when `names` is empty) until `shutdown` completes. The
     /// batch in flight at shutdown commits or rolls back, never half; leases are released so a
     /// standby takes over at once. Returns the first projection error if any projection
@@ -173,6 +184,7 @@ impl Worker {
                 })
                 .collect::<Result<_, _>>()?
         };
+        self.check_stored().await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (wake_tx, wake_rx) = watch::channel(0u64);
         // In a JoinSet so that it is aborted however this future ends, dropped included: a

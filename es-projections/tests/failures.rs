@@ -535,3 +535,52 @@ async fn a_slow_batch_extends_its_lease_from_its_end() {
     assert!(current, "the lease expired with the batch that extended it");
     running.stop().await;
 }
+
+/// The log holds `Counted` at schema version 3, which this worker's registry (current v1, no
+/// steps) cannot read: `run` and `rebuild` refuse at start-up, naming the pair, before anything
+/// is applied, even the events before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_version_with_no_path_fails_at_start_up() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    append(&store, "a", "Counted", json!({"n": 1})).await;
+    store
+        .append(
+            &StreamId::new("a").unwrap(),
+            ExpectedVersion::Any,
+            vec![EventData::raw("Counted", 3, json!({"n": 2}))],
+        )
+        .await
+        .unwrap();
+    let worker = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
+        .projection(Audit { name: "audit" })
+        .unwrap()
+        .with_config(fast_config("start-up"));
+    let refused = worker.run(std::future::pending()).await;
+    match &refused {
+        Err(ProjectionError::Unreadable(es_core::UpcasterChainError::StoredWithoutPath {
+            event_type,
+            schema_version: 3,
+            current: 1,
+            ..
+        })) => assert_eq!(event_type, "Counted"),
+        other => panic!("expected a start-up refusal, got {other:?}"),
+    }
+    assert!(refused.unwrap_err().to_string().contains("Counted v3"));
+    let rebuilt = es_projections::rebuild(
+        &worker,
+        "audit",
+        &es_projections::RebuildOptions::default(),
+        |_| {},
+    )
+    .await;
+    assert!(
+        matches!(rebuilt, Err(ProjectionError::Unreadable(_))),
+        "{rebuilt:?}"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM es_projections")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "nothing was set up or applied");
+}

@@ -23,11 +23,12 @@ use es_core::{
     Upcasters,
 };
 use es_postgres::PgEventStore;
-use es_projections::{Projector, ProjectorError, Tables};
+use es_projections::{Projector, ProjectorError, StateRows, Tables};
 use futures::{StreamExt, TryStreamExt};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use sqlx::Row;
 use sqlx::{PgConnection, PgPool};
 
 /// A deal's state, folded from its events.
@@ -341,6 +342,32 @@ struct DealChange {
     fields: Map<String, Value>,
     closed: bool,
     stream_version: i64,
+}
+
+/// The `deals` row is a deal's state at its `stream_version` (the projector writes both in one
+/// statement), so a repository can start from it: `ReadModelSource::new(pool, DealsProjector)`.
+impl StateRows<Deal> for DealsProjector {
+    fn state_query(&self) -> &str {
+        "SELECT configuration, closed, stream_version FROM deals WHERE deal_id = $1"
+    }
+
+    fn state_from_row(
+        &self,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<(Deal, StreamVersion), ProjectorError> {
+        let configuration: Value = row.try_get("configuration")?;
+        let Value::Object(configuration) = configuration else {
+            return Err(format!("configuration is not an object: {configuration}").into());
+        };
+        let version: i64 = row.try_get("stream_version")?;
+        let deal = Deal {
+            // Every deal stream starts with Created: a row means the deal was created.
+            created: true,
+            closed: row.try_get("closed")?,
+            configuration,
+        };
+        Ok((deal, StreamVersion(u64::try_from(version)?)))
+    }
 }
 
 /// Folds a batch per deal, in first-seen order: merged fields, closed, last version.

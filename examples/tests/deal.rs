@@ -12,7 +12,7 @@ use es_examples::deal::{
 };
 use es_postgres::testing::TestDatabase;
 use es_postgres::PgEventStore;
-use es_projections::{Worker, WorkerConfig};
+use es_projections::{ReadModelSource, Worker, WorkerConfig};
 use serde_json::{json, Value};
 
 async fn run_until_caught_up(worker: &Worker) {
@@ -198,4 +198,44 @@ async fn the_deals_table_equals_a_fold_of_the_events_including_legacy_rows() {
             .unwrap();
     assert_eq!(before, after);
     assert_read_model_is_the_fold(&db).await;
+
+    // The read model as snapshot: loads start from the row and fold only what it lacks.
+    let from_rows = Repository::<Deal>::new(PgEventStore::new(db.pool.clone()))
+        .with_upcasters(Arc::new(upcasters()))
+        .with_state_source(Arc::new(ReadModelSource::new(
+            db.pool.clone(),
+            DealsProjector,
+        )));
+    let caught_up = from_rows.load(&new).await.unwrap();
+    let replayed = deals.load(&new).await.unwrap();
+    assert_eq!(
+        caught_up.events_replayed, 0,
+        "the row is current: nothing to fold"
+    );
+    assert_eq!(caught_up.snapshot_version, Some(replayed.version));
+    assert_eq!(caught_up.state, replayed.state);
+    // Two commands the worker has not seen (it is stopped): the row is stale, the load is not.
+    for gas in [7, 8] {
+        let fields = json!({ "gasConsumption": gas })
+            .as_object()
+            .unwrap()
+            .clone();
+        from_rows
+            .execute(&new, DealCommand::Configure { fields })
+            .await
+            .unwrap();
+    }
+    let strongly_consistent = from_rows.load(&new).await.unwrap();
+    assert_eq!(
+        strongly_consistent.events_replayed, 2,
+        "the row plus the events after it"
+    );
+    assert_eq!(
+        strongly_consistent.state,
+        deals.load(&new).await.unwrap().state
+    );
+    assert_eq!(
+        strongly_consistent.state.configuration["gasConsumption"],
+        json!(8)
+    );
 }
