@@ -1,6 +1,8 @@
 //! The end-to-end demo. First, briefly, a bank account under concurrent withdrawals (conflicts
-//! and retries). Then the CRM deal case: load a skewed workload through the framework (legacy v1
-//! rows included), project it into the indexed `deals` table with a worker, compare a filtered
+//! and retries), a transfer committed across two accounts in one transaction, and the same
+//! transfer repeated with its idempotency key (nothing written twice). Then the CRM deal case:
+//! load a skewed workload through the framework (legacy v1 rows included), create a deal whose
+//! CRM-id row and first event share one transaction, project it into the indexed `deals` table with a worker, compare a filtered
 //! query on the table with folding every deal on the fly, rebuild the projection as a shadow and
 //! check the table is identical, verify that the projection was given every committed event,
 //! and show the status. Run it with `scripts/demo [--deals N]
@@ -10,12 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use es_core::{EventStore, ExpectedVersion, Repository, RepositoryError, RetryPolicy, StreamId};
+use es_core::{
+    CommandOptions, EventStore, ExpectedVersion, IdempotencyKey, Repository, RepositoryError,
+    RetryPolicy, StreamId,
+};
 use es_examples::bank::{
-    Account, AccountCommand, AccountError, BalancesProjector, OwnersProjector,
+    transfer, Account, AccountCommand, AccountError, BalancesProjector, OwnersProjector,
 };
 use es_examples::deal::{
-    count_by_folding, load, wait_caught_up, Deal, DealsProjector, LoadOptions,
+    count_by_folding, create_deal, load, wait_caught_up, Deal, DealsProjector, LoadOptions,
 };
 use es_examples::upcasters;
 use es_postgres::PgEventStore;
@@ -146,6 +151,77 @@ async fn bank(pool: &PgPool) -> Result<(), Error> {
         .await?;
     println!("{id} holds {count} events in es_events");
 
+    println!("\n== A transfer: one decision over two accounts, one transaction");
+    let savings = StreamId::new(format!("account-{}", uuid::Uuid::new_v4().simple()))?;
+    accounts
+        .execute(
+            &savings,
+            AccountCommand::Open {
+                owner: "ann".into(),
+            },
+        )
+        .await?;
+    accounts
+        .execute(&savings, AccountCommand::Deposit { amount: 500 })
+        .await?;
+    let key = IdempotencyKey::for_request(format!("transfer-{savings}-1"), &(&savings, &id, 300))?;
+    let moved = transfer(
+        &accounts,
+        &savings,
+        &id,
+        300,
+        CommandOptions::default().idempotency_key(key.clone()),
+    )
+    .await?;
+    let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
+        "SELECT stream_id, stream_version, event_type, transaction_id::text FROM es_events
+         WHERE (stream_id, stream_version) IN (($1, $2), ($3, $4)) ORDER BY global_position",
+    )
+    .bind(moved.streams[0].stream.as_str())
+    .bind(moved.streams[0].stream_version.0 as i64)
+    .bind(moved.streams[1].stream.as_str())
+    .bind(moved.streams[1].stream_version.0 as i64)
+    .fetch_all(pool)
+    .await?;
+    for (stream, version, event_type, transaction) in &rows {
+        println!("  {stream} v{version} {event_type:<9} written by transaction {transaction}");
+    }
+    if rows.len() != 2 || rows[0].3 != rows[1].3 {
+        return Err("the transfer's two events must share one transaction".into());
+    }
+    let events_before: i64 = sqlx::query_scalar("SELECT count(*) FROM es_events")
+        .fetch_one(pool)
+        .await?;
+    let again = transfer(
+        &accounts,
+        &savings,
+        &id,
+        300,
+        CommandOptions::default().idempotency_key(key),
+    )
+    .await?;
+    let events_after: i64 = sqlx::query_scalar("SELECT count(*) FROM es_events")
+        .fetch_one(pool)
+        .await?;
+    println!(
+        "the same transfer again, with the same idempotency key: replayed = {}, the first outcome \
+         (versions {} and {}), {} events written",
+        again.replayed,
+        again.streams[0].stream_version,
+        again.streams[1].stream_version,
+        events_after - events_before
+    );
+    if !again.replayed || events_after != events_before || again.streams != moved.streams {
+        return Err("a repeated command must write nothing and return the first outcome".into());
+    }
+    println!(
+        "balances: {} {}, {} {}",
+        savings,
+        accounts.load(&savings).await?.state.balance,
+        id,
+        accounts.load(&id).await?.state.balance
+    );
+
     println!("\n== Two projections of the same streams, reading different event types");
     let worker = Worker::new(pool.clone(), upcasters())
         .projection(BalancesProjector)?
@@ -206,6 +282,28 @@ async fn deals(pool: &PgPool, deals: u64, events: u64) -> Result<(), Error> {
         report.legacy,
         started.elapsed().as_secs_f64()
     );
+
+    println!("\n== A new deal: its CRM-id row and its Created event in one transaction");
+    let store = PgEventStore::new(pool.clone());
+    let repository = Repository::<Deal>::new(store.clone()).with_upcasters(Arc::new(upcasters()));
+    let deal = StreamId::new(format!("deal-demo-{}", uuid::Uuid::new_v4().simple()))?;
+    let crm_id = format!("CRM-DEMO-{}", &deal.as_str()[10..18]);
+    create_deal(&repository, &store, &deal, &crm_id).await?;
+    let (row_xid, event_xid): (String, String) = sqlx::query_as(
+        "SELECT c.xmin::text, (e.transaction_id::text::numeric % 4294967296)::text
+         FROM deal_crm_ids c JOIN es_events e ON e.stream_id = c.deal_id
+         WHERE c.deal_id = $1 AND e.stream_version = 1",
+    )
+    .bind(deal.as_str())
+    .fetch_one(pool)
+    .await?;
+    println!(
+        "{deal}: deal_crm_ids row ({crm_id}) written by transaction {row_xid}, \
+         Created event by transaction {event_xid}"
+    );
+    if row_xid != event_xid {
+        return Err("the CRM row and the Created event must share one transaction".into());
+    }
 
     println!("\n== Projecting into the deals table (worker in process, until lag is 0)");
     // The bank account's events share the log: the registry names every type in it.
