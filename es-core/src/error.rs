@@ -1,6 +1,7 @@
 //! Typed errors. Each variant says what the caller should do about it.
 
 use std::error::Error as StdError;
+use std::fmt;
 
 use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 
@@ -181,76 +182,113 @@ pub enum EncodeError {
     },
 }
 
-/// A stored event that could not be made into the current event type. The event is named so
-/// that an operator can find it; nothing was skipped.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
+/// Where a stored event sits and what it is: the place every [`DecodeError`] names, so that an
+/// operator can find the row (`SELECT * FROM es_events WHERE global_position = ...`). es-projections
+/// uses it too, for the event a projection stopped on or parked (it replaced that crate's
+/// `EventRef`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLocation {
+    /// The event's stream.
+    pub stream: StreamId,
+    /// The event's version in its stream.
+    pub stream_version: StreamVersion,
+    /// The event's global position.
+    pub position: GlobalPosition,
+    /// Its type name. For an event that upcaster steps rename, stored or reached depends on who
+    /// reports it: a [`DecodeError`] names the pair the failure was met at (see
+    /// [`DecodeErrorKind`]); other holders say which in their docs.
+    pub event_type: String,
+    /// Its schema version, the one that goes with `event_type`.
+    pub schema_version: u32,
+}
+
+impl fmt::Display for EventLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} v{} at stream {} version {}, position {}",
+            self.event_type, self.schema_version, self.stream, self.stream_version, self.position
+        )
+    }
+}
+
+/// A stored event that could not be made into the current event type: where it is ([`at`]) and
+/// what went wrong ([`kind`]). The event is named so that an operator can find it; nothing was
+/// skipped.
+///
+/// [`at`]: DecodeError::at
+/// [`kind`]: DecodeError::kind
+#[derive(Debug)]
+pub struct DecodeError {
+    /// The event. Its type and schema version are those the failure was met at, which for an
+    /// event that went through upcaster steps is not the stored pair: see each
+    /// [`DecodeErrorKind`] variant.
+    pub at: EventLocation,
+    /// What went wrong, and so what to do.
+    pub kind: DecodeErrorKind,
+}
+
+/// What went wrong in a [`DecodeError`]. Each variant says what the caller should do.
+#[derive(Debug)]
+pub enum DecodeErrorKind {
     /// No one registered this event type. Register the event enum that defines it (or an
-    /// upcaster that renames it) in the [`Upcasters`](crate::Upcasters) registry.
-    #[error("unknown event type {event_type} v{schema_version} at stream {stream} version {stream_version}, position {position}: register it")]
-    UnknownEventType {
-        /// The event's stream.
-        stream: StreamId,
-        /// The event's version in its stream.
-        stream_version: StreamVersion,
-        /// The event's global position.
-        position: GlobalPosition,
-        /// The stored type name (after any renames).
-        event_type: String,
-        /// The stored schema version (after any steps).
-        schema_version: u32,
-    },
-    /// The stored schema version has no chain of upcasters to the current version. Register the
-    /// missing step (or deploy the code that knows this newer version).
-    #[error("no upcaster path for {event_type} v{schema_version} to v{current_version} at stream {stream} version {stream_version}, position {position}")]
+    /// upcaster that renames it) in the [`Upcasters`](crate::Upcasters) registry. From
+    /// [`Upcasters::decode_required`](crate::Upcasters::decode_required) (a repository), also a
+    /// registered type that the enum does not define: check that the stream belongs to this
+    /// aggregate type. The location's type and version are the stored ones after any renames
+    /// and steps.
+    UnknownEventType,
+    /// The schema version has no chain of upcasters to the current version. Register the
+    /// missing step (or deploy the code that knows this newer version). The location's type and
+    /// version are those reached: the stored ones after the steps that did exist.
     NoUpcastPath {
-        /// The event's stream.
-        stream: StreamId,
-        /// The event's version in its stream.
-        stream_version: StreamVersion,
-        /// The event's global position.
-        position: GlobalPosition,
-        /// The type name reached.
-        event_type: String,
-        /// The schema version reached.
-        schema_version: u32,
-        /// The current schema version of that type.
+        /// The current schema version of the type reached.
         current_version: u32,
     },
-    /// An upcaster step returned an error for this event.
-    #[error("upcaster for {event_type} v{schema_version} failed at stream {stream} version {stream_version}, position {position}: {message}")]
+    /// An upcaster step returned an error for this event. Fix the step so that it handles every
+    /// stored payload of its version. The location's type and version are those the failing
+    /// step takes.
     UpcasterFailed {
-        /// The event's stream.
-        stream: StreamId,
-        /// The event's version in its stream.
-        stream_version: StreamVersion,
-        /// The event's global position.
-        position: GlobalPosition,
-        /// The type the failing step takes.
-        event_type: String,
-        /// The version the failing step takes.
-        schema_version: u32,
         /// The step's message.
         message: String,
     },
-    /// The payload does not deserialise into the current event type. Fix the upcaster or the
-    /// event definition; the stored row stays as it is.
-    #[error("malformed payload for {event_type} v{schema_version} at stream {stream} version {stream_version}, position {position}: {source}")]
-    MalformedPayload {
-        /// The event's stream.
-        stream: StreamId,
-        /// The event's version in its stream.
-        stream_version: StreamVersion,
-        /// The event's global position.
-        position: GlobalPosition,
-        /// The type name.
-        event_type: String,
-        /// The schema version.
-        schema_version: u32,
-        /// Serde's complaint.
-        #[source]
-        source: serde_json::Error,
-    },
+    /// The payload does not deserialise into the current event type (or, before a step, into
+    /// JSON). Fix the upcaster or the event definition; the stored row stays as it is. Serde's
+    /// complaint is also the error's [`source`](StdError::source).
+    MalformedPayload(serde_json::Error),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = &self.at;
+        match &self.kind {
+            DecodeErrorKind::UnknownEventType => write!(f, "unknown event type {at}: register it"),
+            // Worded as before the location was factored out: the schema-evolution guide quotes
+            // this message.
+            DecodeErrorKind::NoUpcastPath { current_version } => write!(
+                f,
+                "no upcaster path for {} v{} to v{current_version} at stream {} version {}, position {}",
+                at.event_type, at.schema_version, at.stream, at.stream_version, at.position
+            ),
+            DecodeErrorKind::UpcasterFailed { message } => {
+                write!(f, "upcaster for {at} failed: {message}")
+            }
+            DecodeErrorKind::MalformedPayload(source) => {
+                write!(f, "malformed payload for {at}: {source}")
+            }
+        }
+    }
+}
+
+// Written by hand rather than derived with thiserror: the source sits inside one variant of
+// the kind, which `#[source]` cannot reach.
+impl StdError for DecodeError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.kind {
+            DecodeErrorKind::MalformedPayload(source) => Some(source),
+            _ => None,
+        }
+    }
 }
 
 /// Errors of [`Repository`](crate::Repository) calls.

@@ -82,7 +82,9 @@ pub use aggregate::Aggregate;
 pub use commit::{
     Commit, Committed, CommittedStream, IdempotencyKey, StreamAppend, UniqueChange, MAX_KEY_BYTES,
 };
-pub use error::{BoxError, DecodeError, EncodeError, RepositoryError, StoreError};
+pub use error::{
+    BoxError, DecodeError, DecodeErrorKind, EncodeError, EventLocation, RepositoryError, StoreError,
+};
 pub use event::{DomainEvent, EventData, FoldEvent, Metadata, RecordedEvent};
 pub use memory::InMemoryStore;
 pub use payload::Payload;

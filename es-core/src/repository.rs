@@ -754,7 +754,11 @@ impl<A: Aggregate> Repository<A> {
     ) -> Result<Vec<UniqueChange>, crate::error::DecodeError> {
         match self.upcasters.decode::<A::Event>(event.clone()) {
             Ok(Some(envelope)) => Ok(A::unique_changes(&envelope.event)),
-            Ok(None) | Err(crate::error::DecodeError::UnknownEventType { .. }) => Ok(Vec::new()),
+            Ok(None)
+            | Err(crate::error::DecodeError {
+                kind: crate::error::DecodeErrorKind::UnknownEventType,
+                ..
+            }) => Ok(Vec::new()),
             Err(other) => Err(other),
         }
     }

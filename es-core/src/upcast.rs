@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::error::DecodeError;
+use crate::error::{DecodeError, DecodeErrorKind, EventLocation};
 use crate::event::{DomainEvent, FoldEvent, RecordedEvent};
 use crate::payload::Payload;
 use crate::stream::{GlobalPosition, StreamId, StreamVersion};
@@ -445,15 +445,13 @@ impl Upcasters {
                 Ok(payload) => payload,
                 Err(source) => return Err(at.malformed(key.0, key.1, source)),
             };
-            let upcast =
-                (step.function)(payload).map_err(|message| DecodeError::UpcasterFailed {
-                    stream: at.stream.clone(),
-                    stream_version: at.stream_version,
-                    position: at.position,
-                    event_type: key.0.clone(),
-                    schema_version: key.1,
-                    message,
-                })?;
+            let upcast = (step.function)(payload).map_err(|message| {
+                at.error(
+                    key.0.clone(),
+                    key.1,
+                    DecodeErrorKind::UpcasterFailed { message },
+                )
+            })?;
             shape = Shape {
                 event_type: step.to_type.clone(),
                 schema_version: key.1 + 1,
@@ -462,14 +460,13 @@ impl Upcasters {
         }
         match self.current.get(&shape.event_type) {
             None => Err(unknown(at, shape.event_type, shape.schema_version)),
-            Some(&current) if current != shape.schema_version => Err(DecodeError::NoUpcastPath {
-                stream: at.stream.clone(),
-                stream_version: at.stream_version,
-                position: at.position,
-                event_type: shape.event_type,
-                schema_version: shape.schema_version,
-                current_version: current,
-            }),
+            Some(&current) if current != shape.schema_version => Err(at.error(
+                shape.event_type,
+                shape.schema_version,
+                DecodeErrorKind::NoUpcastPath {
+                    current_version: current,
+                },
+            )),
             Some(_) => Ok(shape),
         }
     }
@@ -498,31 +495,40 @@ impl<'a> At<'a> {
         }
     }
 
+    /// An error of `kind` for this event, met at `event_type` v`schema_version`.
+    fn error(&self, event_type: String, schema_version: u32, kind: DecodeErrorKind) -> DecodeError {
+        DecodeError {
+            at: EventLocation {
+                stream: self.stream.clone(),
+                stream_version: self.stream_version,
+                position: self.position,
+                event_type,
+                schema_version,
+            },
+            kind,
+        }
+    }
+
     fn malformed(
         &self,
         event_type: String,
         schema_version: u32,
         source: serde_json::Error,
     ) -> DecodeError {
-        DecodeError::MalformedPayload {
-            stream: self.stream.clone(),
-            stream_version: self.stream_version,
-            position: self.position,
+        self.error(
             event_type,
             schema_version,
-            source,
-        }
+            DecodeErrorKind::MalformedPayload(source),
+        )
     }
 }
 
 fn unknown(at: &At<'_>, event_type: String, schema_version: u32) -> DecodeError {
-    DecodeError::UnknownEventType {
-        stream: at.stream.clone(),
-        stream_version: at.stream_version,
-        position: at.position,
+    at.error(
         event_type,
         schema_version,
-    }
+        DecodeErrorKind::UnknownEventType,
+    )
 }
 
 /// Decodes an event already at the current version of a type `E` defines.
@@ -681,22 +687,30 @@ mod tests {
         let up = full().build().unwrap();
         assert!(matches!(
             up.decode::<E>(stored("Mystery", 1, json!({}))),
-            Err(DecodeError::UnknownEventType {
-                position: GlobalPosition(7),
-                ..
+            Err(DecodeError {
+                at: EventLocation {
+                    position: GlobalPosition(7),
+                    ..
+                },
+                kind: DecodeErrorKind::UnknownEventType,
             })
         ));
         assert!(matches!(
             up.decode::<E>(stored("Configured", 9, json!({}))),
-            Err(DecodeError::NoUpcastPath {
-                schema_version: 9,
-                current_version: 3,
-                ..
+            Err(DecodeError {
+                at: EventLocation {
+                    schema_version: 9,
+                    ..
+                },
+                kind: DecodeErrorKind::NoUpcastPath { current_version: 3 },
             })
         ));
         assert!(matches!(
             up.decode::<E>(stored("Configured", 3, json!({"gas": "x"}))),
-            Err(DecodeError::MalformedPayload { .. })
+            Err(DecodeError {
+                kind: DecodeErrorKind::MalformedPayload(_),
+                ..
+            })
         ));
     }
 
@@ -719,7 +733,10 @@ mod tests {
                 3,
                 json!({"gas": 1, "unit": "x"})
             )),
-            Err(DecodeError::UnknownEventType { .. })
+            Err(DecodeError {
+                kind: DecodeErrorKind::UnknownEventType,
+                ..
+            })
         ));
     }
 }

@@ -28,13 +28,13 @@ CREATE TABLE es_unique_claims (
 CREATE INDEX es_unique_claims_stream ON es_unique_claims (stream_id);
 
 -- Every (event type, schema version) the log holds, so that a repository or worker can check
--- at start-up that it can read them all (event_types.rs). Kept by a statement-level trigger, so
--- that every way of inserting events (the store, group commit, a caller's transaction, a bulk
--- load in SQL) keeps it: per statement, one probe of this small table for each distinct pair,
--- and an insert only for a pair not seen before. Deliberately no unique constraint: two writers
--- that bring the same new pair at once then never wait for each other (a unique index would
--- make the second wait for the first's commit); the duplicate row is harmless, as readers ask
--- for DISTINCT pairs.
+-- at start-up that it can read them all (event_types.rs). Written by the store in the
+-- transaction of the first append of a pair it has not recorded yet (each process remembers
+-- the pairs it has seen, so appends of known pairs pay nothing), and by
+-- `PgEventStore::record_event_types` for events written outside the store. Deliberately no
+-- unique constraint: two writers recording the same new pair at once never wait for each other
+-- (a unique index would make the second wait for the first's commit); the duplicate row is
+-- harmless, as readers ask for DISTINCT pairs.
 CREATE TABLE es_event_types (
     event_type     text        NOT NULL,
     schema_version integer     NOT NULL,
@@ -42,22 +42,6 @@ CREATE TABLE es_event_types (
 );
 CREATE INDEX es_event_types_pair ON es_event_types (event_type, schema_version);
 
-CREATE FUNCTION es_events_record_types() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO es_event_types (event_type, schema_version)
-    SELECT DISTINCT n.event_type, n.schema_version
-    FROM new_events n
-    WHERE NOT EXISTS (SELECT 1 FROM es_event_types t
-                      WHERE t.event_type = n.event_type AND t.schema_version = n.schema_version);
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER es_events_record_types
-    AFTER INSERT ON es_events
-    REFERENCING NEW TABLE AS new_events
-    FOR EACH STATEMENT EXECUTE FUNCTION es_events_record_types();
-
+-- The pairs of the events already stored.
 INSERT INTO es_event_types (event_type, schema_version)
 SELECT DISTINCT event_type, schema_version FROM es_events;

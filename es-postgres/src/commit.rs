@@ -10,7 +10,8 @@
 //!    check in the statement, or the unique index `(stream_id, stream_version)` against a
 //!    writer that got there first) rolls everything back and is named in the conflict;
 //! 3. release, then claim, the unique values ([`crate::uniques`]);
-//! 4. record the outcome under the key.
+//! 4. record the (event type, schema version) pairs the store has not recorded yet
+//!    ([`crate::event_types`]) and the outcome under the key.
 //!
 //! Any failure rolls the transaction (or savepoint) back: nothing of the commit stays, and a
 //! caller's transaction is left as it was before the call.
@@ -25,6 +26,7 @@ use sqlx::{Acquire, PgConnection};
 
 use crate::append::{self, Check, Columns, Failure};
 use crate::error::storage;
+use crate::event_types::{self, Pair};
 use crate::idempotency::{self, Stored};
 use crate::notify::NOTIFY_CHANNEL;
 use crate::uniques;
@@ -78,6 +80,29 @@ impl Prepared {
         Self { parts, key }
     }
 
+    /// One stream's events, as a plain append has them.
+    pub(crate) fn single(
+        stream: &StreamId,
+        expected: es_core::ExpectedVersion,
+        columns: Columns,
+    ) -> Self {
+        Self {
+            parts: vec![Part {
+                stream: stream.clone(),
+                check: Check::of(expected),
+                expected,
+                columns,
+                uniques: Vec::new(),
+            }],
+            key: None,
+        }
+    }
+
+    /// Every part's events.
+    pub(crate) fn columns(&self) -> impl Iterator<Item = &Columns> {
+        self.parts.iter().map(|part| &part.columns)
+    }
+
     /// Whether a conflict on part `index`, with the stream at `actual`, may be retried by the
     /// store itself (the part expected `Any`, or `StreamExists` of a stream that exists).
     pub(crate) fn retries(&self, error: &StoreError) -> bool {
@@ -97,6 +122,7 @@ impl Prepared {
 pub(crate) async fn write(
     conn: &mut PgConnection,
     commit: &Prepared,
+    new_types: &[Pair],
     retention: Duration,
     notify: bool,
 ) -> Result<Committed, StoreError> {
@@ -104,7 +130,7 @@ pub(crate) async fn write(
         .begin()
         .await
         .map_err(|e| storage("starting a commit's transaction", e))?;
-    let written = steps(&mut tx, commit, retention, notify).await;
+    let written = steps(&mut tx, commit, new_types, retention, notify).await;
     let refusal = match written {
         Ok(Ok(streams)) => {
             tx.commit()
@@ -171,6 +197,7 @@ pub(crate) async fn write(
 async fn steps(
     tx: &mut PgConnection,
     commit: &Prepared,
+    new_types: &[Pair],
     retention: Duration,
     notify: bool,
 ) -> Result<Result<Vec<CommittedStream>, Refusal>, sqlx::Error> {
@@ -217,6 +244,9 @@ async fn steps(
         if let Err(taken) = uniques::apply(&mut *tx, &changes).await? {
             return Ok(Err(Refusal::Taken(taken)));
         }
+    }
+    if !new_types.is_empty() {
+        event_types::record(&mut *tx, new_types).await?;
     }
     let streams: Vec<CommittedStream> = streams.into_iter().flatten().collect();
     if let Some(key) = &commit.key {

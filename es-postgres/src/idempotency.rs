@@ -1,5 +1,5 @@
 //! The `es_idempotency_keys` table: a command's key and outcome, written in the transaction of
-//! its events (see [`crate::commit`]).
+//! its events (see `commit.rs`).
 //!
 //! Racing executions of one command are serialised by the key's primary key: PostgreSQL's
 //! unique check waits for a transaction that inserted the same key and has not ended

@@ -26,11 +26,12 @@ use tracing::{debug, info, trace, warn};
 use crate::append::{self, to_i64, Check, Columns, Failure};
 use crate::commit::{self, Prepared};
 use crate::error::storage;
+use crate::event_types::{self, KnownTypes};
 use crate::group_commit::{GroupCommit, GroupCommitter, Reply};
 use crate::idempotency::{self, Stored, DEFAULT_RETENTION};
 use crate::notify::Notifier;
 use crate::row::{fold_event, recorded_event};
-use crate::{event_types, uniques};
+use crate::uniques;
 
 const READ_STREAM: &str = include_str!("sql/read_stream.sql");
 const READ_STREAM_FOR_FOLD: &str = include_str!("sql/read_stream_for_fold.sql");
@@ -58,6 +59,8 @@ pub struct PgEventStore {
     retention: Duration,
     /// When keys were last pruned (seconds since the epoch), shared by clones.
     last_prune: Arc<AtomicU64>,
+    /// The (event type, schema version) pairs known to be in `es_event_types`.
+    known: KnownTypes,
 }
 
 impl std::fmt::Debug for PgEventStore {
@@ -85,6 +88,7 @@ impl PgEventStore {
             // The first prune comes one interval after the store starts, not with its first
             // keyed commit: processes starting together do not all prune at once.
             last_prune: Arc::new(AtomicU64::new(now_secs())),
+            known: KnownTypes::default(),
         }
     }
 
@@ -170,9 +174,12 @@ impl PgEventStore {
     ) -> Result<Committed, StoreError> {
         commit.check(&self.limits)?;
         let prepared = Prepared::new(commit);
+        // Not learnt afterwards: the caller's transaction may still roll back, so the next
+        // commit records (probes) them again.
+        let new_types = self.known.unknown(prepared.columns());
         let mut attempt = 1;
         loop {
-            match commit::write(conn, &prepared, self.retention, self.notify).await {
+            match commit::write(conn, &prepared, &new_types, self.retention, self.notify).await {
                 Err(error) if prepared.retries(&error) && attempt < RACE_RETRIES => {
                     race_pause(attempt).await;
                     attempt += 1;
@@ -306,6 +313,53 @@ impl PgEventStore {
             .map_err(failed)?;
         tx.commit().await.map_err(failed)?;
         Ok(held.len() as u64)
+    }
+
+    /// Writes a prepared commit on a pooled connection, retrying version races its parts'
+    /// expectations allow, and records the event types it brings.
+    async fn commit_prepared(&self, prepared: &Prepared) -> Result<Committed, StoreError> {
+        let new_types = self.known.unknown(prepared.columns());
+        let mut attempt = 1;
+        let committed = loop {
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| storage("acquiring a connection for a commit", e))?;
+            match commit::write(&mut conn, prepared, &new_types, self.retention, false).await {
+                Err(error) if prepared.retries(&error) && attempt < RACE_RETRIES => {
+                    drop(conn);
+                    race_pause(attempt).await;
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        if !committed.replayed {
+            self.known.learn(new_types);
+        }
+        Ok(committed)
+    }
+
+    /// Records (event type, schema version) pairs of events written outside the store (a bulk
+    /// load in SQL), so that start-up checks see them. The store records its own appends.
+    pub async fn record_event_types(&self, pairs: &[(&str, u32)]) -> Result<(), StoreError> {
+        let pairs: Vec<(String, i32)> = pairs
+            .iter()
+            .map(|(t, v)| (t.to_string(), i32::try_from(*v).unwrap_or(i32::MAX)))
+            .collect();
+        event_types::record(&self.pool, &pairs)
+            .await
+            .map_err(|e| storage("recording event types", e))
+    }
+
+    /// Records the pairs of every stored event, in one pass over the log: after events were
+    /// written outside the store by means that cannot say which types they wrote. Returns how
+    /// many pairs were new.
+    pub async fn backfill_event_types(&self) -> Result<u64, StoreError> {
+        event_types::backfill(&self.pool)
+            .await
+            .map_err(|e| storage("recording the event types of the whole log", e))
     }
 
     /// One append on its own (not grouped), retrying version races its expectation allows.
@@ -458,6 +512,19 @@ impl EventStore for PgEventStore {
         self.limits.check(stream, &events)?;
         let count = events.len();
         let columns = Columns::new(events);
+        if !self.known.unknown([&columns]).is_empty() && !self.known.loaded() {
+            // Once per process: another process has usually recorded the pair already.
+            self.stored_event_types().await?;
+        }
+        if !self.known.unknown([&columns]).is_empty() {
+            // The first append of a pair this process has not recorded: the pair is recorded
+            // in the append's transaction (once per pair and process).
+            let committed = self
+                .commit_prepared(&Prepared::single(stream, expected, columns))
+                .await?;
+            self.wake_workers();
+            return single_result(stream, &committed);
+        }
         let grouped = match (Check::of(expected), self.committer()) {
             (Check::Exact(version), Some(committer)) => Some((version, committer)),
             _ => None,
@@ -484,23 +551,7 @@ impl EventStore for PgEventStore {
     async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
         let keyed = commit.idempotency().is_some();
         commit.check(&self.limits)?;
-        let prepared = Prepared::new(commit);
-        let mut attempt = 1;
-        let committed = loop {
-            let mut conn = self
-                .pool
-                .acquire()
-                .await
-                .map_err(|e| storage("acquiring a connection for a commit", e))?;
-            match commit::write(&mut conn, &prepared, self.retention, false).await {
-                Err(error) if prepared.retries(&error) && attempt < RACE_RETRIES => {
-                    drop(conn);
-                    race_pause(attempt).await;
-                    attempt += 1;
-                }
-                other => break other?,
-            }
-        };
+        let committed = self.commit_prepared(&Prepared::new(commit)).await?;
         debug!(
             streams = committed.streams.len(),
             position = %committed.global_position(),
@@ -553,9 +604,15 @@ impl EventStore for PgEventStore {
     }
 
     async fn stored_event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {
-        event_types::stored(&self.pool)
+        let stored = event_types::stored(&self.pool)
             .await
-            .map_err(|e| storage("reading the event types the log holds", e))
+            .map_err(|e| storage("reading the event types the log holds", e))?;
+        // Committed rows: appends of these pairs need not record them again.
+        self.known.load(stored.iter().cloned());
+        Ok(stored
+            .into_iter()
+            .map(|(t, v)| (t, u32::try_from(v).unwrap_or(0)))
+            .collect())
     }
 
     async fn read_stream(

@@ -1,5 +1,5 @@
 //! The `es_unique_claims` table: which stream holds each unique value, changed in the
-//! transaction of the events that claim or release it (see [`crate::commit`]).
+//! transaction of the events that claim or release it (see `commit.rs`).
 //!
 //! Two transactions claiming one value are serialised by the table's primary key: the second
 //! insert waits for the first transaction to end (`check_exclusion_or_unique_constraint`,

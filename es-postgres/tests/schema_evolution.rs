@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use es_core::{
-    Aggregate, DecodeError, DomainEvent, EventData, EventStore, ExpectedVersion, GlobalPosition,
-    Metadata, Repository, RepositoryError, StreamId, StreamVersion, UpcasterChainError, Upcasters,
-    UpcastersBuilder,
+    Aggregate, DecodeError, DecodeErrorKind, DomainEvent, EventData, EventLocation, EventStore,
+    ExpectedVersion, GlobalPosition, Metadata, Repository, RepositoryError, StreamId,
+    StreamVersion, UpcasterChainError, Upcasters, UpcastersBuilder,
 };
 use es_postgres::testing::TestDatabase;
 use es_postgres::PgEventStore;
@@ -173,6 +173,12 @@ async fn insert_old_row(
     .fetch_one(pool)
     .await
     .unwrap();
+    // The old deployment's store recorded the pair, as every store does.
+    let version = u32::try_from(schema_version).unwrap();
+    PgEventStore::new(pool.clone())
+        .record_event_types(&[(event_type, version)])
+        .await
+        .unwrap();
     GlobalPosition(position)
 }
 
@@ -368,8 +374,11 @@ async fn a_renamed_type_arrives_under_its_new_name() {
     // Without the rename the old name is just an unknown type.
     let without_upcasters = Repository::<Deal>::new(store.clone());
     match without_upcasters.load(&id).await {
-        Err(RepositoryError::Decode(DecodeError::UnknownEventType { event_type, .. })) => {
-            assert_eq!(event_type, "DealNamed")
+        Err(RepositoryError::Decode(DecodeError {
+            at,
+            kind: DecodeErrorKind::UnknownEventType,
+        })) => {
+            assert_eq!(at.event_type, "DealNamed")
         }
         other => panic!("expected UnknownEventType, got {other:?}"),
     }
@@ -453,19 +462,20 @@ async fn a_version_with_no_path_is_a_typed_error_naming_the_event() {
     let error = deals.load(&id).await.unwrap_err();
     let message = error.to_string();
     match error {
-        RepositoryError::Decode(DecodeError::NoUpcastPath {
-            stream,
-            stream_version,
-            position: at,
-            event_type,
-            schema_version,
-            current_version,
+        RepositoryError::Decode(DecodeError {
+            at,
+            kind: DecodeErrorKind::NoUpcastPath { current_version },
         }) => {
-            assert_eq!(stream, id);
-            assert_eq!(stream_version, StreamVersion(2));
-            assert_eq!(at, position);
-            assert_eq!(event_type, "Configured");
-            assert_eq!(schema_version, 9);
+            assert_eq!(
+                at,
+                EventLocation {
+                    stream: id.clone(),
+                    stream_version: StreamVersion(2),
+                    position,
+                    event_type: "Configured".into(),
+                    schema_version: 9,
+                }
+            );
             assert_eq!(current_version, 3);
         }
         other => panic!("expected NoUpcastPath, got {other:?}"),
@@ -482,7 +492,10 @@ async fn a_version_with_no_path_is_a_typed_error_naming_the_event() {
     // A command on that stream fails the same way and writes nothing.
     assert!(matches!(
         deals.execute(&id, DealCommand::Close).await,
-        Err(RepositoryError::Decode(DecodeError::NoUpcastPath { .. }))
+        Err(RepositoryError::Decode(DecodeError {
+            kind: DecodeErrorKind::NoUpcastPath { .. },
+            ..
+        }))
     ));
     assert_eq!(stored_types(&db.pool, id.as_str()).await.len(), 2);
 
@@ -563,18 +576,20 @@ async fn an_unregistered_type_in_a_stream_is_a_typed_error_naming_the_event() {
     let error = deals.load(&id).await.unwrap_err();
     let message = error.to_string();
     match error {
-        RepositoryError::Decode(DecodeError::UnknownEventType {
-            stream,
-            stream_version,
-            position: at,
-            event_type,
-            schema_version,
+        RepositoryError::Decode(DecodeError {
+            at,
+            kind: DecodeErrorKind::UnknownEventType,
         }) => {
-            assert_eq!(stream, id);
-            assert_eq!(stream_version, StreamVersion(2));
-            assert_eq!(at, position);
-            assert_eq!(event_type, "DealArchived");
-            assert_eq!(schema_version, 4);
+            assert_eq!(
+                at,
+                EventLocation {
+                    stream: id.clone(),
+                    stream_version: StreamVersion(2),
+                    position,
+                    event_type: "DealArchived".into(),
+                    schema_version: 4,
+                }
+            );
         }
         other => panic!("expected UnknownEventType, got {other:?}"),
     }
@@ -600,22 +615,19 @@ async fn an_unregistered_type_in_a_stream_is_a_typed_error_naming_the_event() {
     )
     .await;
     match deals.load(&id).await {
-        Err(RepositoryError::Decode(DecodeError::UnknownEventType {
-            stream,
-            stream_version,
-            position: at,
-            event_type,
-            schema_version,
+        Err(RepositoryError::Decode(DecodeError {
+            at,
+            kind: DecodeErrorKind::UnknownEventType,
         })) => {
             assert_eq!(
-                (
-                    stream,
-                    stream_version,
-                    at,
-                    event_type.as_str(),
-                    schema_version
-                ),
-                (id.clone(), StreamVersion(1), position, "Registered", 1)
+                at,
+                EventLocation {
+                    stream: id.clone(),
+                    stream_version: StreamVersion(1),
+                    position,
+                    event_type: "Registered".into(),
+                    schema_version: 1,
+                }
             );
         }
         other => panic!("expected UnknownEventType, got {other:?}"),
@@ -648,23 +660,19 @@ async fn a_failing_upcaster_is_a_typed_error_naming_the_event() {
     )
     .await;
     match repository(&store).load(&id).await {
-        Err(RepositoryError::Decode(DecodeError::UpcasterFailed {
-            stream,
-            stream_version,
-            position: at,
-            event_type,
-            schema_version,
-            message,
+        Err(RepositoryError::Decode(DecodeError {
+            at,
+            kind: DecodeErrorKind::UpcasterFailed { message },
         })) => {
             assert_eq!(
-                (
-                    stream,
-                    stream_version,
-                    at,
-                    event_type.as_str(),
-                    schema_version
-                ),
-                (id.clone(), StreamVersion(1), position, "Configured", 1)
+                at,
+                EventLocation {
+                    stream: id.clone(),
+                    stream_version: StreamVersion(1),
+                    position,
+                    event_type: "Configured".into(),
+                    schema_version: 1,
+                }
             );
             assert!(message.contains("no field name"), "{message}");
         }

@@ -25,7 +25,7 @@ use es_postgres::LogCursor;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::error::{EventRef, ProjectionError};
+use crate::error::{EventLocation, ProjectionError};
 
 /// What a lease holder knows about its projection.
 #[derive(Clone, Debug, PartialEq)]
@@ -283,13 +283,13 @@ pub(crate) async fn live_state(
     .transpose()
 }
 
-/// Parks an event the projection could not decode or apply (dead-letter policy).
+/// Parks an event the projection could not decode or apply (dead-letter policy), under the type
+/// and schema version `event` names.
 pub(crate) async fn park(
     conn: &mut PgConnection,
     projection: &str,
     generation: i32,
-    event: &EventRef,
-    schema_version: u32,
+    event: &EventLocation,
     error: &str,
 ) -> Result<(), ProjectionError> {
     sqlx::query(include_str!("sql/park_dead_letter.sql"))
@@ -299,7 +299,7 @@ pub(crate) async fn park(
         .bind(event.stream.as_str())
         .bind(i64::try_from(event.stream_version.0).unwrap_or(i64::MAX))
         .bind(&event.event_type)
-        .bind(i32::try_from(schema_version).unwrap_or(i32::MAX))
+        .bind(i32::try_from(event.schema_version).unwrap_or(i32::MAX))
         .bind(error)
         .execute(&mut *conn)
         .await?;

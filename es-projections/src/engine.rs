@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use es_core::{DecodeError, EventEnvelope, RecordedEvent, StoreError, StreamId, Upcasters};
+use es_core::{EventEnvelope, EventLocation, RecordedEvent, StoreError, StreamId, Upcasters};
 use es_postgres::LogBatch;
 use sqlx::PgConnection;
 use tracing::warn;
 
 use crate::checkpoint::{self, BatchRecord, Lease};
-use crate::error::{EventRef, ProjectionError, ProjectorError};
+use crate::error::{ProjectionError, ProjectorError};
 use crate::projector::{validate_name, Projector, Tables};
 
 /// What to do with an event a projection cannot decode or apply.
@@ -79,58 +79,31 @@ pub fn erase<P: Projector>(projector: P) -> Result<Arc<dyn DynProjector>, Projec
 
 struct Erased<P>(P);
 
-/// The event an envelope came from (built only when something fails: not per event).
-fn envelope_ref<E>(envelope: &EventEnvelope<E>) -> EventRef {
-    EventRef {
+/// The event an envelope came from, at the current schema version of its type: `decode` brought
+/// it there, so the registry has that version. Built only when something fails: not per event.
+fn envelope_location<E>(
+    projection: &str,
+    upcasters: &Upcasters,
+    envelope: &EventEnvelope<E>,
+) -> Result<EventLocation, ProjectionError> {
+    let Some(schema_version) = upcasters.current_version(&envelope.event_type) else {
+        // Unreachable while `Upcasters::decode` checks the version; if it ever stops, say so
+        // rather than name the event with a made-up version.
+        return Err(ProjectionError::Store(StoreError::storage_message(
+            format!(
+                "projection {projection}: decoded event type {} has no current schema version",
+                envelope.event_type
+            ),
+            false,
+        )));
+    };
+    Ok(EventLocation {
         stream: envelope.stream_id.clone(),
         stream_version: envelope.stream_version,
         position: envelope.global_position,
         event_type: envelope.event_type.clone(),
-    }
-}
-
-/// The event a decode error names, and its stored schema version.
-fn decode_error_ref(error: &DecodeError) -> (EventRef, u32) {
-    let (stream, stream_version, position, event_type, schema_version) = match error {
-        DecodeError::UnknownEventType {
-            stream,
-            stream_version,
-            position,
-            event_type,
-            schema_version,
-        }
-        | DecodeError::NoUpcastPath {
-            stream,
-            stream_version,
-            position,
-            event_type,
-            schema_version,
-            ..
-        }
-        | DecodeError::UpcasterFailed {
-            stream,
-            stream_version,
-            position,
-            event_type,
-            schema_version,
-            ..
-        }
-        | DecodeError::MalformedPayload {
-            stream,
-            stream_version,
-            position,
-            event_type,
-            schema_version,
-            ..
-        } => (stream, stream_version, position, event_type, schema_version),
-    };
-    let reference = EventRef {
-        stream: stream.clone(),
-        stream_version: *stream_version,
-        position: *position,
-        event_type: event_type.clone(),
-    };
-    (reference, *schema_version)
+        schema_version,
+    })
 }
 
 async fn savepoint(conn: &mut PgConnection, sql: &str) -> Result<(), ProjectionError> {
@@ -142,8 +115,7 @@ async fn park(
     conn: &mut PgConnection,
     projection: &str,
     tables: &Tables,
-    event: &EventRef,
-    schema_version: u32,
+    event: &EventLocation,
     error: &(dyn std::fmt::Display + Sync),
 ) -> Result<(), ProjectionError> {
     let error = error.to_string();
@@ -152,18 +124,11 @@ async fn park(
         stream = %event.stream,
         position = %event.position,
         event_type = %event.event_type,
+        schema_version = event.schema_version,
         error = %error,
         "parking event in es_dead_letters"
     );
-    checkpoint::park(
-        conn,
-        projection,
-        tables.generation(),
-        event,
-        schema_version,
-        &error,
-    )
-    .await
+    checkpoint::park(conn, projection, tables.generation(), event, &error).await
 }
 
 /// A projector error caused by a transient database failure: retried from the checkpoint.
@@ -256,8 +221,7 @@ impl<P: Projector> DynProjector for Erased<P> {
                     })
                 }
                 Err(error) => {
-                    let (reference, schema_version) = decode_error_ref(&error);
-                    park(conn, name, tables, &reference, schema_version, &error).await?;
+                    park(conn, name, tables, &error.at, &error).await?;
                     outcome.parked += 1;
                 }
             }
@@ -280,9 +244,7 @@ impl<P: Projector> DynProjector for Erased<P> {
         // The batch failed: apply event by event to find the culprit (and, under the
         // dead-letter policy, to apply everything else).
         for envelope in decoded {
-            let reference = envelope_ref(&envelope);
             savepoint(conn, "SAVEPOINT es_event").await?;
-            let schema_version = upcasters.current_version(&envelope.event_type).unwrap_or(0);
             match self
                 .0
                 .apply(conn, tables, std::slice::from_ref(&envelope))
@@ -297,14 +259,15 @@ impl<P: Projector> DynProjector for Erased<P> {
                 }
                 Err(error) => {
                     savepoint(conn, "ROLLBACK TO SAVEPOINT es_event").await?;
+                    let event = envelope_location(name, upcasters, &envelope)?;
                     if policy == ErrorPolicy::Stop {
                         return Err(ProjectionError::Handler {
                             projection: name.to_string(),
-                            event: reference,
+                            event,
                             source: error,
                         });
                     }
-                    park(conn, name, tables, &reference, schema_version, &error).await?;
+                    park(conn, name, tables, &event, &error).await?;
                     outcome.parked += 1;
                 }
             }

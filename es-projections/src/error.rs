@@ -1,7 +1,7 @@
 //! Errors of the projection runtime. Each names the projection and, where there is one, the
 //! event, so that an operator can find it.
 
-use es_core::{BoxError, DecodeError, GlobalPosition, StoreError, StreamId, StreamVersion};
+use es_core::{BoxError, DecodeError, GlobalPosition, StoreError};
 
 /// An error from a projector's own code (`setup`, `apply`, `reset`).
 pub type ProjectorError = BoxError;
@@ -16,28 +16,9 @@ pub struct InvalidName {
     pub name: String,
 }
 
-/// Identifies the event a projection stopped on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRef {
-    /// Its stream.
-    pub stream: StreamId,
-    /// Its version in the stream.
-    pub stream_version: StreamVersion,
-    /// Its global position.
-    pub position: GlobalPosition,
-    /// Its type (as stored).
-    pub event_type: String,
-}
-
-impl std::fmt::Display for EventRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} at stream {} version {}, position {}",
-            self.event_type, self.stream, self.stream_version, self.position
-        )
-    }
-}
+/// The event a projection stopped on, parked, or never received. It replaced this crate's
+/// `EventRef`, which lacked the schema version.
+pub use es_core::EventLocation;
 
 /// Errors of workers, rebuilds and status queries.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +40,9 @@ pub enum ProjectionError {
     Handler {
         /// The projection.
         projection: String,
-        /// The event it failed on.
-        event: EventRef,
+        /// The event it failed on, as the projector received it: its type and schema version
+        /// are the current ones, after any upcasting.
+        event: EventLocation,
         /// The projector's error.
         #[source]
         source: ProjectorError,

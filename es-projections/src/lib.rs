@@ -62,7 +62,7 @@ pub mod wait;
 pub mod worker;
 
 pub use engine::{BatchOutcome, ErrorPolicy};
-pub use error::{EventRef, InvalidName, ProjectionError, ProjectorError};
+pub use error::{EventLocation, InvalidName, ProjectionError, ProjectorError};
 pub use projector::{Projector, Tables};
 pub use rebuild::{
     abandon_shadow, rebuild, rebuild_until, RebuildOptions, RebuildProgress, RebuildReport,

@@ -25,7 +25,7 @@ use futures::TryStreamExt;
 use sqlx::Row;
 
 use crate::checkpoint;
-use crate::error::{EventRef, ProjectionError};
+use crate::error::{EventLocation, ProjectionError};
 use crate::worker::Worker;
 
 /// How many missing events a report names.
@@ -46,8 +46,9 @@ pub struct VerifyReport {
     pub delivered: i64,
     /// Positions still awaited in the cursor's holes (not failures).
     pub awaited: i64,
-    /// The first committed events the projection reads that were never delivered (at most ten).
-    pub missing: Vec<EventRef>,
+    /// The first committed events the projection reads that were never delivered (at most ten),
+    /// each with its type and schema version as stored.
+    pub missing: Vec<EventLocation>,
     /// How many such events there are in all.
     pub missing_count: u64,
     /// Missing events on streams the projector does not read (not failures).
@@ -144,11 +145,13 @@ pub async fn verify(worker: &Worker, name: &str) -> Result<VerifyReport, Project
             missing_count += 1;
             if missing.len() < NAMED {
                 let version: i64 = row.try_get(2)?;
-                missing.push(EventRef {
+                let schema_version: i32 = row.try_get(4)?;
+                missing.push(EventLocation {
                     stream,
                     stream_version: StreamVersion(version.max(0) as u64),
                     position: GlobalPosition(row.try_get(0)?),
                     event_type: row.try_get(3)?,
+                    schema_version: schema_version.max(0) as u32,
                 });
             }
         }

@@ -68,6 +68,7 @@ async fn a_handler_error_stops_the_projection_naming_the_event() {
             assert_eq!(event.position.0, poison);
             assert_eq!(event.stream.as_str(), "b");
             assert_eq!(event.event_type, "Poison");
+            assert_eq!(event.schema_version, 1);
         }
         other => panic!("expected a handler error, got {other:?}"),
     }
@@ -105,15 +106,18 @@ async fn the_dead_letter_policy_parks_the_event_and_applies_the_rest() {
     let running = spawn(worker.clone());
     wait_caught_up(&db.pool, "audit", Duration::from_secs(30)).await;
     running.stop().await;
-    let parked: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT global_position, event_type FROM es_dead_letters WHERE projection = 'audit' ORDER BY global_position",
+    let parked: Vec<(i64, String, i32)> = sqlx::query_as(
+        "SELECT global_position, event_type, schema_version FROM es_dead_letters WHERE projection = 'audit' ORDER BY global_position",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
     assert_eq!(
         parked,
-        vec![(poison, "Poison".into()), (undecodable, "Counted".into())]
+        vec![
+            (poison, "Poison".into(), 1),
+            (undecodable, "Counted".into(), 1)
+        ]
     );
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_applied")
         .fetch_one(&db.pool)
@@ -138,17 +142,16 @@ async fn an_unregistered_event_type_stops_the_worker_with_a_typed_error() {
     match result {
         Err(ProjectionError::Decode {
             source:
-                es_core::DecodeError::UnknownEventType {
-                    position,
-                    event_type,
-                    stream,
-                    ..
+                es_core::DecodeError {
+                    at,
+                    kind: es_core::DecodeErrorKind::UnknownEventType,
                 },
             ..
         }) => {
-            assert_eq!(position.0, mystery);
-            assert_eq!(event_type, "Mystery");
-            assert_eq!(stream.as_str(), "m");
+            assert_eq!(at.position.0, mystery);
+            assert_eq!(at.event_type, "Mystery");
+            assert_eq!(at.schema_version, 1);
+            assert_eq!(at.stream.as_str(), "m");
         }
         other => panic!("expected UnknownEventType, got {other:?}"),
     }

@@ -125,6 +125,11 @@ async fn a_planted_loss_is_named() {
     assert_eq!(missing.stream.as_str(), "b-stream");
     assert_eq!(missing.stream_version.0, 1);
     assert_eq!(missing.position.0, b_position);
+    assert_eq!(
+        (missing.event_type.as_str(), missing.schema_version),
+        ("Counted", 1),
+        "as stored"
+    );
     let text = report.to_string();
     assert!(
         text.contains("b-stream") && text.contains("never delivered"),

@@ -607,6 +607,10 @@ pub async fn load(
         report.appended += appended;
         report.legacy += legacy;
     }
+    if report.legacy > 0 {
+        // Written by raw SQL, as an old deployment did: record their type for start-up checks.
+        store.record_event_types(&[("Configured", 1)]).await?;
+    }
     Ok(report)
 }
 

@@ -13,9 +13,12 @@
 //!   decoded but otherwise unused: what reading the whole envelope would cost;
 //! - the repository without snapshots (a full replay: the five columns folding needs, read by
 //!   `read_stream_for_fold`, upcasting, decoding);
-//! - the repository with snapshots (the snapshot row, then the events after it).
+//! - the repository with snapshots (the snapshot row, then the events after it);
+//! - the repository starting from a read-model row (`ReadModelSource`): a read table holding
+//!   the aggregate's state and the version it reflects, as a projector writing the state would,
+//!   at the same versions as the snapshots, then the events after it.
 //!
-//! All four must produce the same state, or the run fails. Reported: medians, the p10-p90
+//! All five must produce the same state, or the run fails. Reported: medians, the p10-p90
 //! spread, and the ratios repository / raw and from-snapshot / full replay.
 
 use std::collections::BTreeMap;
@@ -27,6 +30,7 @@ use es_core::{
     Aggregate, DomainEvent, Repository, SnapshotPolicy, SnapshotWrite, StreamId, StreamVersion,
 };
 use es_postgres::PgEventStore;
+use es_projections::{Projector, ProjectorError, ReadModelSource, StateRows, Tables};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sqlx::PgPool;
@@ -194,19 +198,81 @@ async fn load_raw_envelope(pool: &PgPool, stream: &StreamId) -> Result<(Deal, u6
     Ok((deal, events))
 }
 
+/// The read table `deal_rows` (stream id, state, version): filled by the benchmark straight from
+/// the snapshots (it measures loading, not projecting), read by [`ReadModelSource`].
+struct DealRows;
+
+#[async_trait::async_trait]
+impl Projector for DealRows {
+    type Event = DealEvent;
+
+    fn name(&self) -> &str {
+        "deal_rows"
+    }
+
+    fn tables(&self) -> &[&'static str] {
+        &["deal_rows"]
+    }
+
+    async fn setup(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tables: &Tables,
+    ) -> Result<(), ProjectorError> {
+        let t = tables.get("deal_rows")?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {t} (stream_id text PRIMARY KEY, state jsonb NOT NULL, \
+             stream_version bigint NOT NULL)"
+        ))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        _: &mut sqlx::PgConnection,
+        _: &Tables,
+        _: &[es_core::EventEnvelope<DealEvent>],
+    ) -> Result<(), ProjectorError> {
+        Err("the benchmark fills deal_rows itself".into())
+    }
+}
+
+impl StateRows<Deal> for DealRows {
+    fn state_query(&self) -> &str {
+        "SELECT state, stream_version FROM deal_rows WHERE stream_id = $1"
+    }
+
+    fn state_from_row(
+        &self,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<(Deal, StreamVersion), ProjectorError> {
+        use sqlx::Row;
+        let state: Value = row.try_get("state")?;
+        let version: i64 = row.try_get("stream_version")?;
+        Ok((
+            serde_json::from_value(state)?,
+            StreamVersion(u64::try_from(version)?),
+        ))
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Method {
     Raw,
     RawEnvelope,
     FullReplay,
     FromSnapshot,
+    FromReadModel,
 }
 
-const METHODS: [Method; 4] = [
+const METHODS: [Method; 5] = [
     Method::Raw,
     Method::RawEnvelope,
     Method::FullReplay,
     Method::FromSnapshot,
+    Method::FromReadModel,
 ];
 
 /// One stream under test and its measurements.
@@ -218,13 +284,14 @@ struct Case {
     snapshot_version: Option<StreamVersion>,
     events_replayed: usize,
     /// One set of samples per method, in the order of [`METHODS`].
-    samples: [Samples; 4],
+    samples: [Samples; 5],
 }
 
 struct Loaders {
     pool: PgPool,
     full: Repository<Deal>,
     snapshots: Repository<Deal>,
+    read_model: Repository<Deal>,
 }
 
 impl Loaders {
@@ -255,6 +322,21 @@ impl Loaders {
                 return Ok((loaded.state, elapsed));
             }
             Method::FromSnapshot => self.snapshots.load(&case.stream).await?,
+            Method::FromReadModel => {
+                let loaded = self.read_model.load(&case.stream).await?;
+                let elapsed = started.elapsed();
+                check(
+                    loaded.version.0 == case.events,
+                    "the read-model load ended at another version",
+                )?;
+                // The row sits where the snapshot does: the same events after it.
+                check(
+                    case.snapshot_version.is_none()
+                        || loaded.snapshot_version == case.snapshot_version,
+                    "the read-model load did not start from the row",
+                )?;
+                return Ok((loaded.state, elapsed));
+            }
         };
         let elapsed = started.elapsed();
         check(
@@ -303,6 +385,7 @@ fn chart(cases: &[Case]) -> String {
         "raw SQL, envelope",
         "full replay",
         "from snapshot",
+        "from read-model row",
     ];
     let series: Vec<Series> = names
         .iter()
@@ -360,6 +443,8 @@ async fn measure(pool: PgPool, args: &Args) -> Result<(String, String), BenchErr
             SnapshotPolicy::EveryNEvents(every),
             SnapshotWrite::Inline,
         ),
+        read_model: Repository::<Deal>::new(store.clone())
+            .with_state_source(Arc::new(ReadModelSource::new(pool.clone(), DealRows))),
     };
 
     // The streams: L events (snapshot at the end), and L + every - 1 (snapshot every - 1 behind).
@@ -396,9 +481,17 @@ async fn measure(pool: PgPool, args: &Args) -> Result<(String, String), BenchErr
             samples: Default::default(),
         });
     }
+    // The read table, at the snapshots' versions: the same starting point, read another way.
+    sqlx::raw_sql(
+        "CREATE TABLE deal_rows (stream_id text PRIMARY KEY, state jsonb NOT NULL, \
+         stream_version bigint NOT NULL); \
+         INSERT INTO deal_rows SELECT stream_id, state, stream_version FROM es_snapshots",
+    )
+    .execute(&pool)
+    .await?;
     // One statement per call: VACUUM cannot run in the implicit transaction of a multi-statement
     // query.
-    for table in ["es_events", "es_snapshots"] {
+    for table in ["es_events", "es_snapshots", "deal_rows"] {
         sqlx::raw_sql(&format!("VACUUM ANALYZE {table}"))
             .execute(&pool)
             .await?;
@@ -452,6 +545,8 @@ fn section(args: &Args, cases: &[Case]) -> String {
         ">events replayed",
         ">repository, from snapshot",
         ">from snapshot / full replay",
+        ">repository, from read-model row",
+        ">from row / full replay",
     ]);
     let mut spread = Table::new(&[
         ">events in stream",
@@ -459,9 +554,10 @@ fn section(args: &Args, cases: &[Case]) -> String {
         ">envelope columns p10 – p90",
         ">full replay p10 – p90",
         ">from snapshot p10 – p90",
+        ">from row p10 – p90",
     ]);
     for case in cases {
-        let [raw, envelope, full, snap] = &case.samples;
+        let [raw, envelope, full, snap, row] = &case.samples;
         medians.row(vec![
             count(case.events),
             ms(raw.median()),
@@ -472,6 +568,8 @@ fn section(args: &Args, cases: &[Case]) -> String {
             count(case.events_replayed as u64),
             ms(snap.median()),
             times(ratio(snap.median(), full.median())),
+            ms(row.median()),
+            times(ratio(row.median(), full.median())),
         ]);
         let range = |s: &Samples| format!("{} – {}", ms(s.quantile(0.1)), ms(s.quantile(0.9)));
         spread.row(vec![
@@ -480,6 +578,7 @@ fn section(args: &Args, cases: &[Case]) -> String {
             range(envelope),
             range(full),
             range(snap),
+            range(row),
         ]);
     }
     let repetitions = cases.first().map_or(0, |c| c.samples[0].len());
@@ -544,7 +643,7 @@ fn intro(args: &Args, repetitions: usize) -> String {
          each, about 120 bytes of JSON) written beforehand through the repository with a \
          snapshot every {every} events. Streams of a round length have their latest snapshot at \
          their last event (the best case); the streams {less} events longer have it {less} events \
-         behind (the worst case). Each stream is loaded four ways, round-robin: **raw SQL** \
+         behind (the worst case). Each stream is loaded five ways, round-robin: **raw SQL** \
          (`{RAW_READ}`, each payload deserialised into the event enum and folded), raw SQL \
          reading **every envelope column** `read_stream` returns (ids, positions, metadata, \
          time; decoded, only the payloads used: what a load reading the whole envelope would \
@@ -552,7 +651,10 @@ fn intro(args: &Args, repetitions: usize) -> String {
          `read_stream_for_fold`: position, version, type, schema version and payload, each \
          payload parsed once from its JSON text into the event enum, upcasting, folding) and \
          the **repository with snapshots** (the snapshot row, then the \
-         events after it). All four must give the same state or the run fails. \
+         events after it) and the **repository from a read-model row** (`ReadModelSource`: a \
+         read table holding the state and the version it reflects, filled at the snapshots' \
+         versions, one indexed row read, then the events after it: the read model as \
+         snapshot). All five must give the same state or the run fails. \
          {repetitions} measured repetitions after {warmup} warm-up rounds; medians, one \
          connection at a time, client and server on the same machine.",
         less = every - 1,

@@ -14,7 +14,7 @@ WITH runs AS (
     UNION ALL
     SELECT coalesce(max(last_position), $3) + 1, $4 FROM runs
 )
-SELECT e.global_position, e.stream_id, e.stream_version, e.event_type
+SELECT e.global_position, e.stream_id, e.stream_version, e.event_type, e.schema_version
 FROM gaps g
 JOIN es_events e ON e.global_position BETWEEN g.gap_first AND least(g.gap_last, $4)
 WHERE g.gap_first <= g.gap_last
