@@ -138,12 +138,12 @@ impl IdempotencyKey {
     ) -> Result<Self, StoreError> {
         let key = key.into();
         check_text("idempotency key", &key)?;
-        // Through Value first: its maps are sorted, so two equal requests (whatever the order
-        // of a HashMap inside them) give the same bytes.
         let value = serde_json::to_value(request).map_err(|e| {
             StoreError::invalid_commit(format!("cannot serialise the request: {e}"))
         })?;
-        let fingerprint = Uuid::new_v5(&FINGERPRINTS, value.to_string().as_bytes());
+        let mut canonical = String::new();
+        write_canonical(&value, &mut canonical);
+        let fingerprint = Uuid::new_v5(&FINGERPRINTS, canonical.as_bytes());
         Ok(Self { key, fingerprint })
     }
 
@@ -173,6 +173,40 @@ impl IdempotencyKey {
     /// The fingerprint of the command it belongs to.
     pub fn fingerprint(&self) -> Uuid {
         self.fingerprint
+    }
+}
+
+/// JSON with every object's keys sorted, so that two equal requests give the same bytes
+/// whatever the order of a map inside them, and whether or not serde_json keeps insertion
+/// order (its `preserve_order` feature, which any crate in a build may turn on).
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(value, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
     }
 }
 

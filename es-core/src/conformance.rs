@@ -718,6 +718,25 @@ pub async fn unique_values_have_one_holder<S: EventStore>(store: Arc<S>, tasks: 
             .expect("holder"),
         Some(stream(other))
     );
+    // Both refusals at once: the versions are checked before the claims, in every store.
+    let both = store
+        .commit(
+            Commit::new()
+                .with(
+                    part("aaa-claimer", ExpectedVersion::Any, events(1, "x"))
+                        .with_uniques([claim()]),
+                )
+                .with(part(
+                    "zzz-stale",
+                    ExpectedVersion::Exact(StreamVersion(9)),
+                    events(1, "x"),
+                )),
+        )
+        .await;
+    assert!(
+        matches!(&both, Err(StoreError::Conflict { stream: s, .. }) if *s == stream("zzz-stale")),
+        "{both:?}"
+    );
 }
 
 /// `StreamExists` on a stream that exists never conflicts, however many writers race.

@@ -36,9 +36,14 @@ impl Log {
             .map(|&i| self.events[i].stream_version)
     }
 
-    /// Checks everything a commit needs against the log, before anything is changed.
+    /// Checks everything a commit needs against the log, before anything is changed, in the
+    /// order the PostgreSQL store meets the same refusals (so both give the same error): each
+    /// stream in stream id order (its version, then its event ids), then the claims in
+    /// (scope, value) order.
     fn check(&self, appends: &[crate::commit::StreamAppend]) -> Result<(), StoreError> {
-        for append in appends {
+        let mut by_stream: Vec<&crate::commit::StreamAppend> = appends.iter().collect();
+        by_stream.sort_by(|a, b| a.stream.cmp(&b.stream));
+        for append in &by_stream {
             let actual = self.version(&append.stream);
             if !append.expected.is_satisfied_by(actual) {
                 return Err(StoreError::Conflict {
@@ -56,29 +61,37 @@ impl Log {
                     event_id: event.event_id,
                 });
             }
-            for change in &append.uniques {
-                let UniqueChange::Claim { scope, value } = change else {
-                    continue;
-                };
-                match self.uniques.get(&(scope.clone(), value.clone())) {
-                    Some(holder) if holder != &append.stream => {
-                        // A value this commit releases from its holder is free for it.
-                        let released = appends.iter().any(|other| {
-                            &other.stream == holder
-                                && other
-                                    .uniques
-                                    .contains(&UniqueChange::release(scope.clone(), value.clone()))
-                        });
-                        if !released {
-                            return Err(StoreError::UniqueValueTaken {
-                                scope: scope.clone(),
-                                value: value.clone(),
-                                holder: holder.clone(),
-                            });
+        }
+        let mut claims: Vec<(&str, &str, &StreamId)> = appends
+            .iter()
+            .flat_map(|append| {
+                append
+                    .uniques
+                    .iter()
+                    .filter_map(move |change| match change {
+                        UniqueChange::Claim { scope, value } => {
+                            Some((scope.as_str(), value.as_str(), &append.stream))
                         }
-                    }
-                    _ => {}
-                }
+                        UniqueChange::Release { .. } => None,
+                    })
+            })
+            .collect();
+        claims.sort();
+        for (scope, value, claimer) in claims {
+            let Some(holder) = self.uniques.get(&(scope.to_string(), value.to_string())) else {
+                continue;
+            };
+            // A value this commit releases from its holder is free for it.
+            let released = appends.iter().any(|other| {
+                &other.stream == holder
+                    && other.uniques.contains(&UniqueChange::release(scope, value))
+            });
+            if holder != claimer && !released {
+                return Err(StoreError::UniqueValueTaken {
+                    scope: scope.to_string(),
+                    value: value.to_string(),
+                    holder: holder.clone(),
+                });
             }
         }
         Ok(())
@@ -191,8 +204,17 @@ impl EventStore for InMemoryStore {
             }
         }
         log.check(&appends)?;
-        let mut streams = Vec::with_capacity(appends.len());
-        for append in appends {
+        // Positions in stream id order, as the PostgreSQL store writes them; outcomes in the
+        // order of the parts.
+        let mut order: Vec<usize> = (0..appends.len()).collect();
+        order.sort_by(|&a, &b| appends[a].stream.cmp(&appends[b].stream));
+        let mut slots: Vec<Option<crate::commit::StreamAppend>> =
+            appends.into_iter().map(Some).collect();
+        let mut outcomes: Vec<Option<CommittedStream>> = vec![None; slots.len()];
+        for index in order {
+            let Some(append) = slots[index].take() else {
+                continue;
+            };
             for change in &append.uniques {
                 if let UniqueChange::Release { scope, value } = change {
                     let key = (scope.clone(), value.clone());
@@ -207,8 +229,9 @@ impl EventStore for InMemoryStore {
                         .insert((scope.clone(), value.clone()), append.stream.clone());
                 }
             }
-            streams.push(log.push(&append.stream, append.events));
+            outcomes[index] = Some(log.push(&append.stream, append.events));
         }
+        let streams: Vec<CommittedStream> = outcomes.into_iter().flatten().collect();
         if let Some(key) = key {
             log.keys
                 .insert(key.key().to_string(), (key.fingerprint(), streams.clone()));

@@ -131,8 +131,13 @@ pub struct Decision<E> {
     /// The events decided.
     pub events: Vec<E>,
     /// What to write: the events at that version, with their unique values and the command's
-    /// idempotency key. None when the command causes no events.
+    /// idempotency key. None when the command causes no events, or was replayed.
     pub commit: Option<Commit>,
+    /// True when the command's idempotency key is already stored: `version` and `events` are
+    /// the first execution's, and there is nothing to write. (A commit of this decision can
+    /// still come back `replayed`, if the first execution committed in between: check
+    /// `Committed::replayed` before relying on what else the caller's transaction wrote.)
+    pub replayed: bool,
 }
 
 /// What one stream of a command over several aggregates became.
@@ -478,6 +483,10 @@ impl<A: Aggregate> Repository<A> {
                 }
             };
             if events.is_empty() {
+                // As for a refusal: nothing left to do may be the first execution's doing.
+                if let Some(first) = self.stored_outcome(key.as_ref()).await? {
+                    return self.replayed_single(stream, first, attempt).await;
+                }
                 return Ok(CommandOutcome {
                     stream_version: loaded.version,
                     global_position: None,
@@ -576,11 +585,36 @@ impl<A: Aggregate> Repository<A> {
         command: A::Command,
         options: CommandOptions,
     ) -> Result<Decision<A::Event>, RepositoryError<A::Error>> {
+        let key = options
+            .idempotency_key
+            .as_ref()
+            .map(|key| key.bound_to(&format!("{}\u{0}{stream}", A::TYPE)));
+        // A repeat whose first execution committed: its outcome, nothing to write.
+        if let Some(first) = self.stored_outcome(key.as_ref()).await? {
+            let outcome = self.replayed_single(stream, first, 1).await?;
+            return Ok(Decision {
+                version: outcome.stream_version,
+                events: outcome.events,
+                commit: None,
+                replayed: true,
+            });
+        }
         let loaded = self.load(stream).await?;
-        let events = loaded
-            .state
-            .handle(command)
-            .map_err(RepositoryError::Domain)?;
+        let events = match loaded.state.handle(command) {
+            Ok(events) => events,
+            Err(refused) => {
+                if let Some(first) = self.stored_outcome(key.as_ref()).await? {
+                    let outcome = self.replayed_single(stream, first, 1).await?;
+                    return Ok(Decision {
+                        version: outcome.stream_version,
+                        events: outcome.events,
+                        commit: None,
+                        replayed: true,
+                    });
+                }
+                return Err(RepositoryError::Domain(refused));
+            }
+        };
         let commit = if events.is_empty() {
             None
         } else {
@@ -593,8 +627,8 @@ impl<A: Aggregate> Repository<A> {
                 StreamAppend::new(stream.clone(), ExpectedVersion::Exact(loaded.version), data)
                     .with_uniques(uniques);
             let mut commit = Commit::new().with(part);
-            if let Some(key) = &options.idempotency_key {
-                commit = commit.idempotent(key.bound_to(&format!("{}\u{0}{stream}", A::TYPE)));
+            if let Some(key) = key {
+                commit = commit.idempotent(key);
             }
             Some(commit)
         };
@@ -602,6 +636,7 @@ impl<A: Aggregate> Repository<A> {
             version: loaded.version,
             events,
             commit,
+            replayed: false,
         })
     }
 
@@ -676,6 +711,9 @@ impl<A: Aggregate> Repository<A> {
                 );
             }
             if commit.streams().is_empty() {
+                if let Some(first) = self.stored_outcome(key.as_ref()).await? {
+                    return self.replayed_across(streams, first, attempt).await;
+                }
                 return Ok(AcrossOutcome {
                     streams: streams
                         .iter()

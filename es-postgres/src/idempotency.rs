@@ -46,15 +46,13 @@ pub(crate) async fn take(
         return Ok(true);
     }
     // Present: free it if its retention has passed, then try once more.
-    let freed = sqlx::query(FREE_EXPIRED)
+    sqlx::query(FREE_EXPIRED)
         .bind(key.key())
         .bind(retention.as_secs_f64())
         .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    if freed == 0 {
-        return Ok(false);
-    }
+        .await?;
+    // Freed, or gone meanwhile (a prune committed between the two statements): either way the
+    // insert decides. Still there and not expired: held.
     insert(&mut *conn, key).await
 }
 

@@ -164,9 +164,15 @@ impl PgEventStore {
     /// # Ok(()) }
     /// ```
     ///
-    /// Under REPEATABLE READ or SERIALIZABLE, a race the snapshot cannot see (another writer's
-    /// version, key or claim committed after it was taken) is a serialization failure
-    /// (transient): roll back and run the whole transaction again.
+    /// Unlike [`EventStore::commit`], a lost version race is not retried here, even for
+    /// [`ExpectedVersion::Any`]: it is a [`StoreError::Conflict`] for the caller, who rolls back
+    /// and runs the whole transaction again. Under REPEATABLE READ or SERIALIZABLE, a key or
+    /// claim committed by another transaction after the snapshot was taken is a serialization
+    /// failure (transient), and a version committed after it a `Conflict`: in both cases only a
+    /// new transaction (a new snapshot) can succeed.
+    ///
+    /// Check [`Committed::replayed`]: a replayed commit wrote nothing, and the caller's own rows
+    /// may then not belong in the transaction either.
     pub async fn commit_in(
         &self,
         conn: &mut PgConnection,
@@ -177,16 +183,10 @@ impl PgEventStore {
         // Not learnt afterwards: the caller's transaction may still roll back, so the next
         // commit records (probes) them again.
         let new_types = self.known.unknown(prepared.columns());
-        let mut attempt = 1;
-        loop {
-            match commit::write(conn, &prepared, &new_types, self.retention, self.notify).await {
-                Err(error) if prepared.retries(&error) && attempt < RACE_RETRIES => {
-                    race_pause(attempt).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        // No retry of a lost version race here, not even for `Any`: under REPEATABLE READ or
+        // SERIALIZABLE every retry would read the same snapshot and lose the same race. The
+        // caller's transaction decides: roll back and run it again.
+        commit::write(conn, &prepared, &new_types, self.retention, self.notify).await
     }
 
     /// [`EventStore::append`] inside the caller's transaction: see [`PgEventStore::commit_in`].
@@ -245,10 +245,16 @@ impl PgEventStore {
         }
     }
 
-    /// Rewrites the unique claims of `scopes` from the log: every event, in log order, through
-    /// `changes_of` (for an aggregate, [`es_core::Repository::unique_changes_of`], and only
-    /// for its streams). For repairs:
-    /// a table lost, or an aggregate that starts declaring claims its old events imply.
+    /// Rewrites the unique claims of `scopes` from the log, through `changes_of` (for an
+    /// aggregate, [`es_core::Repository::unique_changes_of`], and only for its streams). For
+    /// repairs: a table lost, or an aggregate that starts declaring claims its old events imply.
+    ///
+    /// Each stream's values are folded from its own events in stream order, the changes of one
+    /// transaction's events as the commit applied them (releases before claims). Every claim in
+    /// the log was granted when it was written (a refused claim wrote no event), so the streams'
+    /// sets are disjoint; should two streams claim one value anyway (claims written before the
+    /// value was declared unique), the stream that claimed it last in the log keeps it, and the
+    /// rebuild logs a warning naming both.
     ///
     /// One transaction: the claims table is locked against every claim and release meanwhile
     /// (commits that claim wait), the log is read as of the lock, and the rows replaced. Returns
@@ -262,21 +268,76 @@ impl PgEventStore {
         F: Fn(&RecordedEvent) -> Result<Vec<UniqueChange>, E>,
         E: std::error::Error + Send + Sync + 'static,
     {
+        use std::collections::BTreeMap;
         let failed = |e| storage("rebuilding unique claims", e);
         let mut tx = self.pool.begin().await.map_err(failed)?;
         uniques::lock_for_rebuild(&mut tx, scopes)
             .await
             .map_err(failed)?;
-        let mut held: std::collections::BTreeMap<(String, String), String> = Default::default();
+        // (scope, value) -> (holder, position of its claim).
+        let mut held: BTreeMap<(String, String), (String, i64)> = BTreeMap::new();
         {
             let mut rows = sqlx::query(
                 "SELECT global_position, event_id, stream_id, stream_version, event_type,
-                        schema_version, payload, metadata, recorded_at
-                 FROM es_events ORDER BY global_position",
+                        schema_version, payload, metadata, recorded_at, transaction_id::text
+                 FROM es_events ORDER BY stream_id, stream_version",
             )
             .fetch(&mut *tx);
+            // The stream being folded, its values, and the changes of its current transaction.
+            let mut stream: Option<String> = None;
+            let mut values: BTreeMap<(String, String), i64> = BTreeMap::new();
+            let mut pending: (Option<String>, Vec<(UniqueChange, i64)>) = (None, Vec::new());
+            let flush = |values: &mut BTreeMap<(String, String), i64>,
+                         pending: &mut Vec<(UniqueChange, i64)>| {
+                let (releases, claims): (Vec<_>, Vec<_>) = pending
+                    .drain(..)
+                    .partition(|(c, _)| matches!(c, UniqueChange::Release { .. }));
+                for (change, position) in releases.into_iter().chain(claims) {
+                    let (scope, value) = change.key();
+                    let key = (scope.to_string(), value.to_string());
+                    match change {
+                        UniqueChange::Release { .. } => {
+                            values.remove(&key);
+                        }
+                        UniqueChange::Claim { .. } => {
+                            values.entry(key).or_insert(position);
+                        }
+                    }
+                }
+            };
+            let mut finish = |stream: &str, values: &mut BTreeMap<(String, String), i64>| {
+                for (key, position) in std::mem::take(values) {
+                    let previous = held.get(&key).cloned();
+                    match previous {
+                        Some((other, at)) if at > position => {
+                            warn!(scope = %key.0, value = %key.1, kept = %other, dropped = %stream,
+                                "two streams claim one unique value; the later claim keeps it");
+                        }
+                        other => {
+                            if let Some((other, _)) = other {
+                                warn!(scope = %key.0, value = %key.1, kept = %stream, dropped = %other,
+                                    "two streams claim one unique value; the later claim keeps it");
+                            }
+                            held.insert(key, (stream.to_string(), position));
+                        }
+                    }
+                }
+            };
             while let Some(row) = rows.try_next().await.map_err(failed)? {
                 let event = recorded_event(&row)?;
+                let transaction: String = row.try_get(9).map_err(failed)?;
+                if stream.as_deref() != Some(event.stream_id.as_str()) {
+                    flush(&mut values, &mut pending.1);
+                    if let Some(done) = &stream {
+                        finish(done, &mut values);
+                    }
+                    stream = Some(event.stream_id.to_string());
+                    pending.0 = None;
+                }
+                if pending.0.as_deref() != Some(transaction.as_str()) {
+                    flush(&mut values, &mut pending.1);
+                    pending.0 = Some(transaction);
+                }
                 let changes = changes_of(&event).map_err(|e| {
                     StoreError::storage(
                         format!(
@@ -287,27 +348,20 @@ impl PgEventStore {
                         e,
                     )
                 })?;
-                for change in changes {
-                    let (scope, value) = change.key();
-                    if !scopes.contains(&scope) {
-                        continue;
-                    }
-                    let key = (scope.to_string(), value.to_string());
-                    match change {
-                        UniqueChange::Claim { .. } => {
-                            held.entry(key)
-                                .or_insert_with(|| event.stream_id.to_string());
-                        }
-                        UniqueChange::Release { .. } => {
-                            if held.get(&key).map(String::as_str) == Some(event.stream_id.as_str())
-                            {
-                                held.remove(&key);
-                            }
-                        }
-                    }
-                }
+                let scoped = changes.into_iter().filter(|c| scopes.contains(&c.key().0));
+                pending
+                    .1
+                    .extend(scoped.map(|change| (change, event.global_position.0)));
+            }
+            flush(&mut values, &mut pending.1);
+            if let Some(done) = &stream {
+                finish(done, &mut values);
             }
         }
+        let held: BTreeMap<(String, String), String> = held
+            .into_iter()
+            .map(|(key, (holder, _))| (key, holder))
+            .collect();
         uniques::insert_rebuilt(&mut tx, &held)
             .await
             .map_err(failed)?;

@@ -4,10 +4,11 @@
 //! Two transactions claiming one value are serialised by the table's primary key: the second
 //! insert waits for the first transaction to end (`check_exclusion_or_unique_constraint`,
 //! execIndexing.c) and, if it committed, `ON CONFLICT DO NOTHING` skips the row; the next
-//! statement (READ COMMITTED) reads the holder. Releases run before claims, so a commit can
-//! hand a value from one of its streams to another.
+//! statement (READ COMMITTED) reads the holder. Values are taken in (scope, value) order, a
+//! value's releases before its claim, so a commit can hand a value from one of its streams to
+//! another and two commits never wait for each other in a cycle.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use es_core::{StreamId, UniqueChange};
 use sqlx::{PgConnection, PgExecutor, Row};
@@ -27,83 +28,65 @@ pub(crate) struct Taken {
     pub(crate) holder: String,
 }
 
-/// Applies the unique changes of a commit's streams: releases, then claims. `Ok(Err(..))`
-/// when a value is held by another stream (the caller rolls back).
+/// One value's changes in a commit: the streams releasing it, and the one claiming it.
+type ValueChanges<'a> = (Vec<&'a str>, Option<&'a str>);
+
+/// Applies the unique changes of a commit's streams, value by value in (scope, value) order,
+/// and for each value its releases before its claim (so a commit can hand a value from one of
+/// its streams to another). `Ok(Err(..))` when a value is held by another stream (the caller
+/// rolls back).
+///
+/// One global order for every key a commit touches, whether it claims or releases it: two
+/// commits then never each hold a key the other waits for (a deadlock). A commit claims a value
+/// at most once (`Commit::check`).
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     changes: &[(&StreamId, &UniqueChange)],
 ) -> Result<Result<(), Taken>, sqlx::Error> {
-    let mut releases: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-    let mut claims: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    let mut by_value: BTreeMap<(&str, &str), ValueChanges> = BTreeMap::new();
     for (stream, change) in changes {
-        let target = match change {
-            UniqueChange::Release { .. } => &mut releases,
-            UniqueChange::Claim { .. } => &mut claims,
-        };
-        let (scope, value) = change.key();
-        target.0.push(scope);
-        target.1.push(value);
-        target.2.push(stream.as_str());
-    }
-    if !releases.0.is_empty() {
-        sqlx::query(RELEASE)
-            .bind(&releases.0)
-            .bind(&releases.1)
-            .bind(&releases.2)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let mut pending: Vec<(&str, &str, &str)> = claims
-        .0
-        .into_iter()
-        .zip(claims.1)
-        .zip(claims.2)
-        .map(|((scope, value), stream)| (scope, value, stream))
-        .collect();
-    // A value found taken whose holder then releases it (between the insert and the read of
-    // holders) is neither inserted nor held: claim it again. Each round either settles a claim
-    // or saw a release that committed in between, so this ends.
-    while !pending.is_empty() {
-        let inserted = sqlx::query(CLAIM)
-            .bind(pending.iter().map(|c| c.0).collect::<Vec<_>>())
-            .bind(pending.iter().map(|c| c.1).collect::<Vec<_>>())
-            .bind(pending.iter().map(|c| c.2).collect::<Vec<_>>())
-            .fetch_all(&mut *conn)
-            .await?;
-        let free: HashSet<(String, String)> = inserted
-            .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        pending.retain(|(scope, value, _)| !free.contains(&(scope.to_string(), value.to_string())));
-        if pending.is_empty() {
-            break;
+        let entry = by_value.entry(change.key()).or_default();
+        match change {
+            UniqueChange::Release { .. } => entry.0.push(stream.as_str()),
+            UniqueChange::Claim { .. } => entry.1 = Some(stream.as_str()),
         }
-        let rows = sqlx::query(HOLDERS)
-            .bind(pending.iter().map(|c| c.0).collect::<Vec<_>>())
-            .bind(pending.iter().map(|c| c.1).collect::<Vec<_>>())
-            .fetch_all(&mut *conn)
-            .await?;
-        let mut held = Vec::with_capacity(rows.len());
-        for row in rows {
-            let (scope, value, holder): (String, String, String) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            held.push((scope, value, holder));
+    }
+    for ((scope, value), (releasers, claimer)) in by_value {
+        if !releasers.is_empty() {
+            sqlx::query(RELEASE)
+                .bind(vec![scope; releasers.len()])
+                .bind(vec![value; releasers.len()])
+                .bind(&releasers)
+                .execute(&mut *conn)
+                .await?;
         }
-        for (scope, value, holder) in &held {
-            let claimer = pending
-                .iter()
-                .find(|(s, v, _)| s == scope && v == value)
-                .map(|c| c.2);
-            // Held by the claiming stream itself: claiming again is a no-op.
-            if claimer.is_some_and(|claimer| claimer != holder) {
-                return Ok(Err(Taken {
-                    scope: scope.clone(),
-                    value: value.clone(),
-                    holder: holder.clone(),
-                }));
+        let Some(claimer) = claimer else { continue };
+        // A value found taken whose holder then releases it (between the insert and the read
+        // of its holder) is neither inserted nor held: claim it again. Each round either
+        // settles the claim or saw a release that committed in between, so this ends.
+        loop {
+            let inserted = sqlx::query(CLAIM)
+                .bind(vec![scope])
+                .bind(vec![value])
+                .bind(vec![claimer])
+                .fetch_optional(&mut *conn)
+                .await?;
+            if inserted.is_some() {
+                break;
+            }
+            match holder(&mut *conn, scope, value).await? {
+                // Held by the claiming stream itself: claiming again is a no-op.
+                Some(holder) if holder == claimer => break,
+                Some(holder) => {
+                    return Ok(Err(Taken {
+                        scope: scope.to_string(),
+                        value: value.to_string(),
+                        holder,
+                    }))
+                }
+                None => continue,
             }
         }
-        pending.retain(|(scope, value, _)| !held.iter().any(|(s, v, _)| s == scope && v == value));
     }
     Ok(Ok(()))
 }

@@ -219,7 +219,7 @@ pub async fn create_deal(
             global_position: None,
             events: decision.events,
             attempts: 1,
-            replayed: false,
+            replayed: decision.replayed,
         });
     };
     let committed = store.commit_in(&mut tx, commit).await?;
