@@ -11,6 +11,8 @@ use crate::error::{is_event_id_conflict, is_stream_version_conflict};
 
 const APPEND_CHECKED: &str = include_str!("sql/append.sql");
 const APPEND_EXACT: &str = include_str!("sql/append_exact.sql");
+const STREAM_VERSION: &str = include_str!("sql/stream_version.sql");
+const STORED_EVENT_ID: &str = include_str!("sql/stored_event_id.sql");
 
 /// An expected version as the statements take it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +135,32 @@ async fn append_checked<'c>(
     Ok(last_version
         .zip(last_position)
         .map(|(version, position)| result(version, position)))
+}
+
+/// A stream's version (None: no events).
+pub(crate) async fn stream_version<'c>(
+    conn: impl PgExecutor<'c>,
+    stream: &StreamId,
+) -> Result<Option<StreamVersion>, sqlx::Error> {
+    let version: Option<i64> = sqlx::query_scalar(STREAM_VERSION)
+        .bind(stream.as_str())
+        .fetch_one(conn)
+        .await?;
+    Ok(version.map(|v| StreamVersion(v.max(0) as u64)))
+}
+
+/// Which of these events' ids is stored, to name a duplicate; the first id when none can be
+/// found (the other insert rolled back meanwhile, or the lookup failed).
+pub(crate) async fn duplicate_id<'c>(conn: impl PgExecutor<'c>, columns: &Columns) -> Uuid {
+    let found: Option<Uuid> = sqlx::query_scalar(STORED_EVENT_ID)
+        .bind(&columns.event_ids)
+        .fetch_optional(conn)
+        .await
+        .ok()
+        .flatten();
+    found
+        .or(columns.event_ids.first().copied())
+        .unwrap_or_default()
 }
 
 pub(crate) fn result(version: i64, position: i64) -> AppendResult {

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use es_core::{
     Commit, Committed, CommittedStream, IdempotencyKey, StoreError, StreamAppend, StreamId,
-    StreamVersion,
 };
 use sqlx::{Acquire, PgConnection};
 
@@ -176,13 +175,14 @@ pub(crate) async fn write(
             StoreError::Conflict {
                 stream: part.stream.clone(),
                 expected: part.expected,
-                actual: version(conn, &part.stream).await,
+                actual: append::stream_version(&mut *conn, &part.stream)
+                    .await
+                    .ok()
+                    .flatten(),
             }
         }
         Refusal::DuplicateEventId(index) => StoreError::DuplicateEventId {
-            event_id: duplicate(conn, &commit.parts[index].columns)
-                .await
-                .unwrap_or(commit.parts[index].columns.event_ids[0]),
+            event_id: append::duplicate_id(&mut *conn, &commit.parts[index].columns).await,
         },
         Refusal::Taken(taken) => StoreError::UniqueValueTaken {
             holder: StreamId::new(taken.holder).map_err(|e| {
@@ -259,27 +259,6 @@ async fn steps(
             .await?;
     }
     Ok(Ok(streams))
-}
-
-/// The stream's version, for a conflict's message (None when it cannot be read).
-async fn version(conn: &mut PgConnection, stream: &StreamId) -> Option<StreamVersion> {
-    let version: Option<i64> =
-        sqlx::query_scalar("SELECT max(stream_version) FROM es_events WHERE stream_id = $1")
-            .bind(stream.as_str())
-            .fetch_one(&mut *conn)
-            .await
-            .ok()?;
-    version.map(|v| StreamVersion(v.max(0) as u64))
-}
-
-/// Which of the events' ids is stored.
-async fn duplicate(conn: &mut PgConnection, columns: &Columns) -> Option<uuid::Uuid> {
-    sqlx::query_scalar("SELECT event_id FROM es_events WHERE event_id = ANY($1) LIMIT 1")
-        .bind(&columns.event_ids)
-        .fetch_optional(&mut *conn)
-        .await
-        .ok()
-        .flatten()
 }
 
 fn describe(commit: &Prepared) -> String {

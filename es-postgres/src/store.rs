@@ -38,6 +38,7 @@ const READ_STREAM_FOR_FOLD: &str = include_str!("sql/read_stream_for_fold.sql");
 const READ_ALL: &str = include_str!("sql/read_all.sql");
 const LOAD_SNAPSHOT: &str = include_str!("sql/load_snapshot.sql");
 const SAVE_SNAPSHOT: &str = include_str!("sql/save_snapshot.sql");
+const UNIQUE_REBUILD_READ: &str = include_str!("sql/unique_rebuild_read.sql");
 
 /// How many times an append with [`ExpectedVersion::Any`] (or `StreamExists`, on a stream that
 /// exists) retries a version race by itself, with a short random pause that grows with each
@@ -277,12 +278,7 @@ impl PgEventStore {
         // (scope, value) -> (holder, position of its claim).
         let mut held: BTreeMap<(String, String), (String, i64)> = BTreeMap::new();
         {
-            let mut rows = sqlx::query(
-                "SELECT global_position, event_id, stream_id, stream_version, event_type,
-                        schema_version, payload, metadata, recorded_at, transaction_id::text
-                 FROM es_events ORDER BY stream_id, stream_version",
-            )
-            .fetch(&mut *tx);
+            let mut rows = sqlx::query(UNIQUE_REBUILD_READ).fetch(&mut *tx);
             // The stream being folded, its values, and the changes of its current transaction.
             let mut stream: Option<String> = None;
             let mut values: BTreeMap<(String, String), i64> = BTreeMap::new();
@@ -461,25 +457,12 @@ impl PgEventStore {
                 actual: self.stream_version(stream).await.ok().flatten(),
             }),
             Some(Failure::DuplicateEventId) => Err(StoreError::DuplicateEventId {
-                event_id: self
-                    .stored_id(columns)
-                    .await
-                    .unwrap_or(columns.event_ids[0]),
+                event_id: append::duplicate_id(&self.pool, columns).await,
             }),
             Some(Failure::Other(error)) => {
                 Err(storage(format!("appending to stream {stream}"), error))
             }
         }
-    }
-
-    /// Which of these event ids is stored, if one can be found.
-    async fn stored_id(&self, columns: &Columns) -> Option<uuid::Uuid> {
-        sqlx::query_scalar("SELECT event_id FROM es_events WHERE event_id = ANY($1) LIMIT 1")
-            .bind(&columns.event_ids)
-            .fetch_optional(&self.pool)
-            .await
-            .ok()
-            .flatten()
     }
 
     /// The committer, if this store groups appends and a runtime is there to run it.
@@ -706,13 +689,9 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<StreamVersion>, StoreError> {
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT max(stream_version) FROM es_events WHERE stream_id = $1")
-                .bind(stream.as_str())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| storage(format!("reading the version of stream {stream}"), e))?;
-        Ok(version.map(|v| StreamVersion(v as u64)))
+        append::stream_version(&self.pool, stream)
+            .await
+            .map_err(|e| storage(format!("reading the version of stream {stream}"), e))
     }
 }
 
