@@ -613,3 +613,63 @@ async fn a_rebuild_agrees_with_commits_that_hand_values_over() {
         "the rebuild agrees with the live table"
     );
 }
+
+/// A commit takes the unique values it touches in (scope, value) order, a release as much as a
+/// claim: blocked on `v1` (another transaction claims it, uncommitted), a commit that claims
+/// `v1` and releases `v2` has not touched `v2` yet, so a third session can lock `v2`'s row.
+/// Releases first, in the order given, would hold `v2` while waiting on `v1`: with a commit
+/// holding `v1` and waiting on `v2`, a cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_takes_its_unique_values_in_order() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let append = |s: &str| StreamAppend::new(stream(s), ExpectedVersion::Any, tagged(s));
+    store
+        .commit(Commit::new().with(append("b").with_uniques([UniqueChange::claim("plate", "v2")])))
+        .await
+        .unwrap();
+    let mut holder = db.pool.begin().await.unwrap();
+    store
+        .commit_in(
+            &mut holder,
+            Commit::new().with(append("a").with_uniques([UniqueChange::claim("plate", "v1")])),
+        )
+        .await
+        .unwrap();
+    let blocked = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .commit(Commit::new().with(append("b").with_uniques([
+                    UniqueChange::release("plate", "v2"),
+                    UniqueChange::claim("plate", "v1"),
+                ])))
+                .await
+        }
+    });
+    wait_until_blocked(&db.pool).await;
+    let mut third = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '2s'")
+        .execute(&mut *third)
+        .await
+        .unwrap();
+    let free = sqlx::query(
+        "SELECT stream_id FROM es_unique_claims WHERE scope = 'plate' AND value = 'v2' FOR UPDATE",
+    )
+    .fetch_optional(&mut *third)
+    .await;
+    assert!(free.is_ok(), "the blocked commit held v2: {free:?}");
+    third.rollback().await.unwrap();
+    holder.commit().await.unwrap();
+    match blocked.await.unwrap() {
+        Err(StoreError::UniqueValueTaken { value, holder, .. }) => {
+            assert_eq!((value.as_str(), holder), ("v1", stream("a")))
+        }
+        other => panic!("v1 went to a first: {other:?}"),
+    }
+    assert_eq!(
+        store.unique_holder("plate", "v2").await.unwrap(),
+        Some(stream("b")),
+        "the refused commit released nothing"
+    );
+}
