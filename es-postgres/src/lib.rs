@@ -44,7 +44,7 @@ mod uniques;
 pub mod testing;
 
 pub use group_commit::GroupCommit;
-pub use log_reader::{log_head, read_batch, Hole, Horizon, LogBatch, LogCursor};
+pub use log_reader::{log_head, read_at, read_batch, Hole, Horizon, LogBatch, LogCursor};
 pub use notify::{listen, NOTIFY_CHANNEL};
 pub use store::PgEventStore;
 

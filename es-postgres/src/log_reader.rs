@@ -96,6 +96,7 @@ use crate::row::recorded_event_at;
 const READ_LOG: &str = include_str!("sql/read_log.sql");
 const HOLE_BOUND: &str = include_str!("sql/hole_bound.sql");
 const LOG_HEAD: &str = include_str!("sql/log_head.sql");
+const READ_AT: &str = include_str!("sql/read_at.sql");
 
 /// The head of the log: the highest position of an event visible now (0 for an empty log).
 /// Events may still commit below it (see the module docs): it is a progress mark, not a cursor.
@@ -105,6 +106,21 @@ pub async fn log_head<'c>(conn: impl sqlx::PgExecutor<'c>) -> Result<GlobalPosit
         .await
         .map_err(|e| storage("reading the head of the log", e))?;
     Ok(GlobalPosition(head))
+}
+
+/// The committed events at `positions`, in position order (positions with no event are left
+/// out): a dead letter read again for its retry.
+pub async fn read_at<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    positions: &[GlobalPosition],
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let positions: Vec<i64> = positions.iter().map(|p| p.0).collect();
+    let rows = sqlx::query(READ_AT)
+        .bind(&positions)
+        .fetch_all(conn)
+        .await
+        .map_err(|e| storage("reading events by position", e))?;
+    rows.iter().map(crate::row::recorded_event).collect()
 }
 
 /// A range of positions below the watermark that was not visible when it was passed.

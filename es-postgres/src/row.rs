@@ -147,6 +147,7 @@ mod tests {
         };
         for (file, sql, prefix) in [
             ("read_all.sql", include_str!("sql/read_all.sql"), ""),
+            ("read_at.sql", include_str!("sql/read_at.sql"), ""),
             ("read_stream.sql", include_str!("sql/read_stream.sql"), ""),
             ("read_log.sql", include_str!("sql/read_log.sql"), "b."),
         ] {
