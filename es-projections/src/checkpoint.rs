@@ -1,5 +1,7 @@
-//! The projection row (`es_projections`), its ledger (`es_applied_ranges`) and the dead letters
-//! (`es_dead_letters`): the only code that reads or writes them. Its statements are in `sql/`.
+//! The projection row (`es_projections`, also the checkpoint of reactors and publishers) and its
+//! ledger (`es_applied_ranges`): the only code that reads or writes them. Its statements are in
+//! `sql/`. A generation's dead letters (`crate::dead_letters`) are forgotten here with it, by
+//! the same statement that resets or deletes it.
 //!
 //! **Leasing.** A worker or a rebuild applies a projection generation only while it holds the
 //! row's lease (owner, expiry), taken with a compare-and-set that bumps the epoch. Every batch
@@ -25,7 +27,7 @@ use es_postgres::LogCursor;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::error::{EventLocation, ProjectionError};
+use crate::error::ProjectionError;
 
 /// What a lease holder knows about its projection.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,12 +91,37 @@ fn holes_json(cursor: &LogCursor) -> Result<serde_json::Value, ProjectionError> 
     })
 }
 
-/// Creates the projection's live row if it has none yet.
-pub(crate) async fn ensure_row(pool: &PgPool, name: &str) -> Result<(), ProjectionError> {
-    sqlx::query(include_str!("sql/ensure_row.sql"))
+/// Creates the live row of a projection or consumer of `kind` (`projection`, `reactor`,
+/// `publisher`) if it has none yet; fails when the name's row is of another kind.
+pub(crate) async fn ensure_row(
+    pool: &PgPool,
+    name: &str,
+    kind: &str,
+) -> Result<(), ProjectionError> {
+    let created: Option<String> = sqlx::query_scalar(include_str!("sql/ensure_row.sql"))
         .bind(name)
-        .execute(pool)
+        .bind(kind)
+        .fetch_optional(pool)
         .await?;
+    let stored = match created {
+        Some(stored) => stored,
+        // Another process created the row while this statement ran: the insert waited for it
+        // and did nothing, and the statement's snapshot, older than that commit, cannot see
+        // it. A new statement can.
+        None => {
+            sqlx::query_scalar(include_str!("sql/kind_of.sql"))
+                .bind(name)
+                .fetch_one(pool)
+                .await?
+        }
+    };
+    if stored != kind {
+        return Err(ProjectionError::KindMismatch {
+            name: name.to_string(),
+            registered: kind.to_string(),
+            stored,
+        });
+    }
     Ok(())
 }
 
@@ -281,29 +308,6 @@ pub(crate) async fn live_state(
         })
     })
     .transpose()
-}
-
-/// Parks an event the projection could not decode or apply (dead-letter policy), under the type
-/// and schema version `event` names.
-pub(crate) async fn park(
-    conn: &mut PgConnection,
-    projection: &str,
-    generation: i32,
-    event: &EventLocation,
-    error: &str,
-) -> Result<(), ProjectionError> {
-    sqlx::query(include_str!("sql/park_dead_letter.sql"))
-        .bind(projection)
-        .bind(generation)
-        .bind(event.position.0)
-        .bind(event.stream.as_str())
-        .bind(i64::try_from(event.stream_version.0).unwrap_or(i64::MAX))
-        .bind(&event.event_type)
-        .bind(i32::try_from(event.schema_version).unwrap_or(i32::MAX))
-        .bind(error)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 // ---- rebuilds ----

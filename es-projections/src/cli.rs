@@ -1,4 +1,5 @@
-//! The command line of worker binaries: `run`, `status`, `verify`, `rebuild`.
+//! The command line of worker binaries: `run`, `status`, `verify`, `rebuild`, and the dead
+//! letters: `dead-letters`, `retry`, `skip`.
 //!
 //! This module is the binaries' front end, so unlike the rest of the library it prints for
 //! humans (the status table, a progress bar, the rebuild summary, errors); logs still go through
@@ -30,6 +31,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+use es_core::{GlobalPosition, StreamId};
+
+use crate::dead_letters::{self, Action, DeadLetter, LetterState, Target};
 use crate::engine::ErrorPolicy;
 use crate::error::ProjectionError;
 use crate::rebuild::{abandon_shadow, rebuild_until, RebuildOptions};
@@ -95,6 +99,47 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         batch_size: usize,
     },
+    /// List dead letters: the open ones of every projection and consumer, or of NAME.
+    DeadLetters {
+        /// Only this projection or consumer.
+        name: Option<String>,
+        /// Retried and skipped letters too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Deliver dead letters again, in stream order (after fixing their cause). The process
+    /// holding the lease carries it out; when none does, this command does.
+    Retry {
+        /// The projection or consumer.
+        name: String,
+        /// The letter at this position, and the open letters before it in its stream.
+        #[arg(long, group = "target")]
+        position: Option<i64>,
+        /// Every open letter of this stream.
+        #[arg(long, group = "target")]
+        stream: Option<String>,
+        /// Every open letter.
+        #[arg(long, group = "target")]
+        all: bool,
+        /// How long to wait for the lease holder to carry it out, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
+    /// Give up on one dead letter, with a reason (kept with it); the events held behind it in
+    /// its stream are then delivered.
+    Skip {
+        /// The projection or consumer.
+        name: String,
+        /// The letter's position.
+        #[arg(long)]
+        position: i64,
+        /// Why it is skipped.
+        #[arg(long)]
+        reason: String,
+        /// How long to wait for the lease holder to carry it out, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
 }
 
 /// Parses the command line, connects, migrates, and runs the command with the worker `build`
@@ -103,14 +148,29 @@ pub async fn main(
     binary: &str,
     build: impl FnOnce(PgPool) -> Result<Worker, ProjectionError>,
 ) -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    main_from(binary, std::env::args_os(), build).await
+}
+
+/// [`main`] with the arguments given (the first is the program name), e.g. to drive the CLI
+/// from a test. Exits the process only where clap does (`--help`, a usage error).
+pub async fn main_from<I, T>(
+    binary: &str,
+    args: I,
+    build: impl FnOnce(PgPool) -> Result<Worker, ProjectionError>,
+) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    // A second call in one process (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
-        .init();
+        .try_init();
     match execute(cli, build).await {
         Ok(code) => code,
         Err(error) => {
@@ -158,14 +218,22 @@ async fn execute(
         }
         Command::Status => print!("{}", status(&pool).await?),
         Command::Verify { names } => {
-            let names: Vec<String> = if names.is_empty() {
+            let every = names.is_empty();
+            let names: Vec<String> = if every {
                 worker.names().into_iter().map(String::from).collect()
             } else {
                 names
             };
             let mut all_ok = true;
             for name in &names {
-                let report = verify(&worker, name).await?;
+                let report = match verify(&worker, name).await {
+                    // Verifying everything: one that never ran has nothing to verify yet.
+                    Err(ProjectionError::NoCheckpoint(_)) if every => {
+                        println!("{name}: not run yet, nothing to verify");
+                        continue;
+                    }
+                    result => result?,
+                };
                 all_ok &= report.ok();
                 println!("{report}");
                 for event in report.missing.iter().skip(1) {
@@ -188,6 +256,44 @@ async fn execute(
                 println!("verification failed: rebuild the projection (`rebuild NAME --shadow`) to repair it");
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::DeadLetters { name, all } => {
+            let letters = dead_letters::list(&pool, name.as_deref(), all).await?;
+            print!("{}", letters_table(&letters));
+        }
+        Command::Retry {
+            name,
+            position,
+            stream,
+            all,
+            wait_secs,
+        } => {
+            let target = match (position, stream) {
+                (Some(p), _) => Target::Position(GlobalPosition(p)),
+                (None, Some(s)) => Target::Stream(StreamId::new(s)?),
+                (None, None) if all => Target::All,
+                (None, None) => {
+                    return Err("say which letters: --position P, --stream S or --all".into())
+                }
+            };
+            return act(&worker, &name, Action::Retry, &target, None, wait_secs).await;
+        }
+        Command::Skip {
+            name,
+            position,
+            reason,
+            wait_secs,
+        } => {
+            let target = Target::Position(GlobalPosition(position));
+            return act(
+                &worker,
+                &name,
+                Action::Skip,
+                &target,
+                Some(&reason),
+                wait_secs,
+            )
+            .await;
         }
         Command::Rebuild {
             abandon: true,
@@ -265,6 +371,138 @@ async fn execute(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who asks, as recorded with a request.
+fn operator() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    format!("{user} (cli)")
+}
+
+/// Requests `action` on `name`'s letters, has it carried out (here when no process holds the
+/// lease), waits for it, and prints what became of each letter. Fails when one failed again.
+async fn act(
+    worker: &Worker,
+    name: &str,
+    action: Action,
+    target: &Target,
+    reason: Option<&str>,
+    wait_secs: u64,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let pool = worker.pool();
+    if !worker.names().contains(&name) {
+        return Err(ProjectionError::UnknownProjection(name.to_string()).into());
+    }
+    let ids = dead_letters::request(pool, name, action, target, &operator(), reason).await?;
+    if ids.is_empty() {
+        println!("{name} has no open dead letter there: nothing to do (`dead-letters {name}` lists them)");
+        return Ok(ExitCode::FAILURE);
+    }
+    match worker.carry_out(name).await? {
+        Some(_) => {}
+        None => println!("the process holding {name}'s lease carries it out; waiting"),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
+    let letters = loop {
+        let letters = dead_letters::by_id(pool, &ids).await?;
+        let pending = letters.iter().any(|l| l.requested.is_some());
+        if !pending {
+            break letters;
+        }
+        if std::time::Instant::now() >= deadline {
+            print!("{}", letters_table(&letters));
+            return Err(format!(
+                "the lease holder of {name} did not carry the request out within {wait_secs} s; it stays requested (`status` shows who holds the lease)"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    print!("{}", letters_table(&letters));
+    let open = letters
+        .iter()
+        .filter(|l| l.state == LetterState::Open)
+        .count();
+    if open > 0 {
+        println!("{open} letter(s) still open: they failed again (see the error) or wait behind one that did");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Dead letters as a table, errors on one line each.
+fn letters_table(letters: &[DeadLetter]) -> String {
+    if letters.is_empty() {
+        return "no dead letters\n".into();
+    }
+    let header = [
+        "NAME", "POSITION", "STREAM", "VERSION", "TYPE", "CAUSE", "TRIES", "STATE", "PARKED",
+        "REQUEST", "ERROR",
+    ];
+    let rows: Vec<[String; 11]> = letters
+        .iter()
+        .map(|l| {
+            let error: String = l.error.split_whitespace().collect::<Vec<_>>().join(" ");
+            let error = if error.chars().count() > 100 {
+                format!("{}...", error.chars().take(100).collect::<String>())
+            } else {
+                error
+            };
+            [
+                l.name.clone(),
+                l.event.position.to_string(),
+                l.event.stream.to_string(),
+                l.event.stream_version.to_string(),
+                format!("{} v{}", l.event.event_type, l.event.schema_version),
+                format!("{:?}", l.cause).to_lowercase(),
+                l.attempts.to_string(),
+                match (l.state, &l.resolved) {
+                    (LetterState::Open, _) => "open".into(),
+                    (state, Some((at, _))) => {
+                        format!(
+                            "{} {}",
+                            format!("{state:?}").to_lowercase(),
+                            at.format("%F %T")
+                        )
+                    }
+                    (state, None) => format!("{state:?}").to_lowercase(),
+                },
+                l.parked_at.format("%F %T").to_string(),
+                match &l.requested {
+                    Some((action, _)) => format!("{action:?}").to_lowercase(),
+                    None => "-".into(),
+                },
+                match (&l.reason, l.state) {
+                    (Some(reason), LetterState::Skipped) => {
+                        format!("skipped: {reason} (was: {error})")
+                    }
+                    _ => error,
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(&header.map(String::from)) + "\n";
+    for row in &rows {
+        out += &line(row);
+        out += "\n";
+    }
+    out
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -5,14 +5,14 @@
 //! Events on streams the projector does not accept are skipped before decoding: a projector
 //! need not know the event types of other streams (other bounded contexts may share the log).
 //! An event it does accept but cannot decode stops it (or is parked under the dead-letter
-//! policy). A transient database error raised inside `apply` (deadlock, serialization failure,
+//! policy; later events of its stream are then parked behind it, see [`crate::dead_letters`]). A transient database error raised inside `apply` (deadlock, serialization failure,
 //! lock or statement timeout, lost connection) is neither a failure nor a dead letter: the batch
 //! is rolled back and retried from the checkpoint.
 //!
 //! The caller owns the transaction; nothing here commits.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +22,7 @@ use sqlx::PgConnection;
 use tracing::warn;
 
 use crate::checkpoint::{self, BatchRecord, Lease};
+use crate::dead_letters::{self, Cause, DeadLetter, ParkedEvent, Redeliver};
 use crate::error::{ProjectionError, ProjectorError};
 use crate::projector::{validate_name, Projector, Tables};
 
@@ -31,7 +32,8 @@ pub enum ErrorPolicy {
     /// Stop the projection, naming the event; its checkpoint stays before the batch (default).
     #[default]
     Stop,
-    /// Park the event in `es_dead_letters` and apply the rest. Explicit opt-in only.
+    /// Park the event in `es_dead_letters` and apply the rest; later events of its stream are
+    /// parked behind it, in order, until it is retried or skipped. Explicit opt-in only.
     DeadLetter,
 }
 
@@ -57,7 +59,8 @@ pub trait DynProjector: Send + Sync + 'static {
     async fn setup(&self, conn: &mut PgConnection, tables: &Tables) -> Result<(), ProjectorError>;
     /// Empties its tables.
     async fn reset(&self, conn: &mut PgConnection, tables: &Tables) -> Result<(), ProjectorError>;
-    /// Decodes and applies a batch (see the module docs).
+    /// Decodes and applies a batch (see the module docs). `blocked`: the streams with an open
+    /// dead letter, whose events are parked behind it (the dead-letter policy adds to it).
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,
@@ -65,6 +68,7 @@ pub trait DynProjector: Send + Sync + 'static {
         upcasters: &Upcasters,
         events: Vec<RecordedEvent>,
         policy: ErrorPolicy,
+        blocked: &mut HashSet<StreamId>,
     ) -> Result<BatchOutcome, ProjectionError>;
 }
 
@@ -115,20 +119,42 @@ async fn park(
     conn: &mut PgConnection,
     projection: &str,
     tables: &Tables,
-    event: &EventLocation,
-    error: &(dyn std::fmt::Display + Sync),
+    parked: ParkedEvent,
+    blocked: &mut HashSet<StreamId>,
 ) -> Result<(), ProjectionError> {
-    let error = error.to_string();
+    let event = &parked.event;
     warn!(
         projection,
         stream = %event.stream,
         position = %event.position,
         event_type = %event.event_type,
         schema_version = event.schema_version,
-        error = %error,
+        error = %parked.error,
+        cause = ?parked.cause,
         "parking event in es_dead_letters"
     );
-    checkpoint::park(conn, projection, tables.generation(), event, &error).await
+    dead_letters::park(conn, projection, tables.generation(), &parked).await?;
+    blocked.insert(event.stream.clone());
+    Ok(())
+}
+
+fn failed(event: EventLocation, error: &dyn std::fmt::Display) -> ParkedEvent {
+    ParkedEvent {
+        event,
+        cause: Cause::Failed,
+        error: error.to_string(),
+        attempts: 1,
+    }
+}
+
+fn held(event: EventLocation) -> ParkedEvent {
+    let error = format!("held behind an open dead letter of stream {}", event.stream);
+    ParkedEvent {
+        event,
+        cause: Cause::Held,
+        error,
+        attempts: 0,
+    }
 }
 
 /// A projector error caused by a transient database failure: retried from the checkpoint.
@@ -153,6 +179,7 @@ pub(crate) async fn apply_and_checkpoint(
     batch: LogBatch,
     policy: ErrorPolicy,
     ttl: Duration,
+    blocked: &mut HashSet<StreamId>,
 ) -> Result<Option<BatchOutcome>, ProjectionError> {
     if !checkpoint::hold(tx, lease).await? {
         return Ok(None);
@@ -160,7 +187,7 @@ pub(crate) async fn apply_and_checkpoint(
     let delivered: Vec<i64> = batch.events.iter().map(|e| e.global_position.0).collect();
     let last_event_at = batch.events.iter().map(|e| e.recorded_at).max();
     let outcome = projector
-        .apply_batch(tx, tables, upcasters, batch.events, policy)
+        .apply_batch(tx, tables, upcasters, batch.events, policy, blocked)
         .await?;
     let record = BatchRecord {
         cursor: &batch.next,
@@ -203,12 +230,25 @@ impl<P: Projector> DynProjector for Erased<P> {
         upcasters: &Upcasters,
         events: Vec<RecordedEvent>,
         policy: ErrorPolicy,
+        blocked: &mut HashSet<StreamId>,
     ) -> Result<BatchOutcome, ProjectionError> {
         let name = self.0.name();
         let mut outcome = BatchOutcome::default();
         let mut decoded = Vec::with_capacity(events.len());
         for event in events {
             if !self.0.accepts_stream(&event.stream_id) {
+                continue;
+            }
+            if blocked.contains(&event.stream_id) {
+                park(
+                    conn,
+                    name,
+                    tables,
+                    held(dead_letters::location(&event)),
+                    blocked,
+                )
+                .await?;
+                outcome.parked += 1;
                 continue;
             }
             match upcasters.decode::<P::Event>(event) {
@@ -221,7 +261,14 @@ impl<P: Projector> DynProjector for Erased<P> {
                     })
                 }
                 Err(error) => {
-                    park(conn, name, tables, &error.at, &error).await?;
+                    park(
+                        conn,
+                        name,
+                        tables,
+                        failed(error.at.clone(), &error),
+                        blocked,
+                    )
+                    .await?;
                     outcome.parked += 1;
                 }
             }
@@ -244,6 +291,12 @@ impl<P: Projector> DynProjector for Erased<P> {
         // The batch failed: apply event by event to find the culprit (and, under the
         // dead-letter policy, to apply everything else).
         for envelope in decoded {
+            if blocked.contains(&envelope.stream_id) {
+                let event = envelope_location(name, upcasters, &envelope)?;
+                park(conn, name, tables, held(event), blocked).await?;
+                outcome.parked += 1;
+                continue;
+            }
             savepoint(conn, "SAVEPOINT es_event").await?;
             match self
                 .0
@@ -267,11 +320,63 @@ impl<P: Projector> DynProjector for Erased<P> {
                             source: error,
                         });
                     }
-                    park(conn, name, tables, &event, &error).await?;
+                    park(conn, name, tables, failed(event, &error), blocked).await?;
                     outcome.parked += 1;
                 }
             }
         }
         Ok(outcome)
+    }
+}
+
+/// Redelivers a projection's dead letter: the event applied in a transaction fenced by the
+/// lease, the letter closed (or its new failure recorded) in the same transaction.
+pub(crate) struct ProjectionRedelivery<'a> {
+    pub pool: &'a sqlx::PgPool,
+    pub projector: &'a dyn DynProjector,
+    pub tables: &'a Tables,
+    pub upcasters: &'a Upcasters,
+}
+
+#[async_trait]
+impl Redeliver for ProjectionRedelivery<'_> {
+    async fn redeliver(
+        &self,
+        lease: &Lease,
+        letter: &DeadLetter,
+        event: RecordedEvent,
+    ) -> Result<Option<bool>, ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        if !checkpoint::hold(&mut tx, lease).await? {
+            return Ok(None);
+        }
+        savepoint(&mut tx, "SAVEPOINT es_retry").await?;
+        let mut none_blocked = HashSet::new();
+        let applied = self
+            .projector
+            .apply_batch(
+                &mut tx,
+                self.tables,
+                self.upcasters,
+                vec![event],
+                ErrorPolicy::Stop,
+                &mut none_blocked,
+            )
+            .await;
+        let ok = match applied {
+            Ok(_) => {
+                savepoint(&mut tx, "RELEASE SAVEPOINT es_retry").await?;
+                dead_letters::retried(&mut tx, letter, &lease.owner).await?;
+                true
+            }
+            Err(error) if error.is_transient() => return Err(error),
+            Err(error) => {
+                savepoint(&mut tx, "ROLLBACK TO SAVEPOINT es_retry").await?;
+                dead_letters::failed_again(&mut tx, letter, &error.to_string(), 1).await?;
+                false
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(ok))
     }
 }

@@ -96,6 +96,29 @@ pub enum ProjectionError {
         /// How long we waited.
         timeout: std::time::Duration,
     },
+    /// A name is registered as one kind (projection, reactor, publisher) while the database
+    /// holds the checkpoint of another kind under it: two different things must not share a
+    /// checkpoint. Rename one of them.
+    #[error("{name} is registered as a {registered}, but its checkpoint belongs to a {stored}: give one of them another name")]
+    KindMismatch {
+        /// The name.
+        name: String,
+        /// What this binary registers under it.
+        registered: String,
+        /// What the stored checkpoint row is for.
+        stored: String,
+    },
+    /// The operation does not apply to this kind (a reactor or publisher is never rebuilt: its
+    /// effects are outside the database, and a replay would repeat them).
+    #[error("{name} is a {kind}: {reason}")]
+    NotForKind {
+        /// The name.
+        name: String,
+        /// Its kind.
+        kind: &'static str,
+        /// Why not, and what to do instead.
+        reason: &'static str,
+    },
     /// The log holds events this binary cannot read: a stored (event type, schema version)
     /// with no upcaster path to the current version. Found at start-up, before any event was
     /// applied; register the missing step (or deploy the newer code) and restart.

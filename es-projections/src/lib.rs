@@ -9,6 +9,12 @@
 //!   nothing was skipped (and names what was), `rebuild NAME`
 //!   replays from scratch, `rebuild NAME --shadow` builds the next version beside the live one
 //!   and switches atomically (use it when reads must not see a half-built table).
+//! - Write a [`Reactor`] for effects outside the read database (a mail, an API call): delivered
+//!   at least once with a stable key (the event id), retried with backoff, parked in the dead
+//!   letters when it keeps failing, its stream waiting behind it ([`dead_letters`]). A process
+//!   manager is a reactor that executes commands ([`process::Trigger`] gives each one its
+//!   idempotency key, causation and correlation). Publish the log to a broker with a
+//!   [`publisher::Publisher`] (NATS JetStream: `nats`, feature `nats`).
 //! - After a command, [`wait_for`] the append's position to read your own write.
 //! - Projections here are asynchronous: they trail the write by milliseconds. For a read that
 //!   must see the latest write, load the aggregate with a [`ReadModelSource`]: the projection's
@@ -43,15 +49,23 @@
 //! ```
 //!
 //! Modules in reading order: [`projector`], [`worker`], `checkpoint` (the projection row:
-//! leases, fencing, the ledger; private), [`engine`] (one batch), [`rebuild`](mod@rebuild),
+//! leases, fencing, the ledger; private), [`engine`] (one batch), [`consumer`], [`reactor`],
+//! [`process`], [`dead_letters`], [`publisher`], [`rebuild`](mod@rebuild),
 //! [`status`](mod@status), [`verify`](mod@verify) (proving nothing was skipped),
 //! [`wait`](mod@wait), [`state_source`], [`views`], [`cli`].
 
 mod checkpoint;
 pub mod cli;
+pub mod consumer;
+pub mod dead_letters;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod process;
 pub mod projector;
+pub mod publisher;
+pub mod reactor;
 pub mod read_ahead;
 pub mod rebuild;
 pub mod state_source;
@@ -61,9 +75,12 @@ pub mod views;
 pub mod wait;
 pub mod worker;
 
+pub use consumer::{ConsumerKind, RetryPolicy};
+pub use dead_letters::DeadLetter;
 pub use engine::{BatchOutcome, ErrorPolicy};
 pub use error::{EventLocation, InvalidName, ProjectionError, ProjectorError};
 pub use projector::{Projector, Tables};
+pub use reactor::{OnFailure, ReactionError, Reactor, ReactorOptions};
 pub use rebuild::{
     abandon_shadow, rebuild, rebuild_until, RebuildOptions, RebuildProgress, RebuildReport,
 };

@@ -24,6 +24,7 @@
 //! resumes once the cause is fixed, or `--abandon` drops a shadow. A rebuild stops on the first
 //! bad event unless asked to park bad events ([`RebuildOptions::error_policy`]).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -32,12 +33,16 @@ use sqlx::PgConnection;
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, Lease};
+use crate::dead_letters;
 use crate::engine::{apply_and_checkpoint, DynProjector, ErrorPolicy};
 use crate::error::ProjectionError;
 use crate::projector::Tables;
 use crate::read_ahead::ReadAhead;
 use crate::views;
 use crate::worker::{default_owner, Worker};
+
+/// Why a consumer is not rebuilt.
+const REBUILD_REFUSED: &str = "its effects are outside the database, so a rebuild would repeat them; it has no tables to rebuild";
 
 /// How to rebuild.
 #[derive(Clone, Debug)]
@@ -114,14 +119,11 @@ pub async fn rebuild_until(
     mut progress: impl FnMut(RebuildProgress),
     stop: impl Future<Output = ()>,
 ) -> Result<RebuildReport, ProjectionError> {
-    let projector = worker
-        .find(name)
-        .cloned()
-        .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))?;
+    let projector = worker.projector(name, REBUILD_REFUSED)?.clone();
     worker.check_stored().await?;
     let pool = worker.pool();
     let owner = format!("rebuild:{}", default_owner());
-    checkpoint::ensure_row(pool, name).await?;
+    checkpoint::ensure_row(pool, name, "projection").await?;
     let started = Instant::now();
     let (lease, resumed) = if options.shadow {
         take_shadow(worker, projector.as_ref(), &owner, options.restart).await?
@@ -194,6 +196,7 @@ async fn replay(
     let mut cursor = lease.cursor.clone();
     let mut applied = 0u64;
     let mut head = log_head(pool).await?.0;
+    let mut blocked = dead_letters::open_streams(pool, &lease.name, lease.generation).await?;
     // The next batch is read while this one is applied (see `read_ahead`).
     let mut batches = ReadAhead::start(pool.clone(), cursor.clone(), options.batch_size);
     tokio::pin!(stop);
@@ -211,8 +214,17 @@ async fn replay(
         // is the live worker's (in place) or the switch's (shadow).
         let caught_up = batch.events.len() < options.batch_size.max(1);
         let mut tx = pool.begin().await?;
-        let applied_now =
-            apply_fenced(&mut tx, worker, projector, &tables, lease, batch, options).await?;
+        let applied_now = apply_fenced(
+            &mut tx,
+            worker,
+            projector,
+            &tables,
+            lease,
+            batch,
+            options,
+            &mut blocked,
+        )
+        .await?;
         tx.commit().await?;
         cursor = next;
         applied += applied_now;
@@ -237,6 +249,7 @@ async fn replay(
 
 /// Applies one batch of a rebuild and its checkpoint in `tx`, under the rebuild's policy and
 /// lease; the events applied. Fenced out is an error: another process took the generation.
+#[allow(clippy::too_many_arguments)]
 async fn apply_fenced(
     tx: &mut PgConnection,
     worker: &Worker,
@@ -245,6 +258,7 @@ async fn apply_fenced(
     lease: &Lease,
     batch: es_postgres::LogBatch,
     options: &RebuildOptions,
+    blocked: &mut HashSet<es_core::StreamId>,
 ) -> Result<u64, ProjectionError> {
     let outcome = apply_and_checkpoint(
         tx,
@@ -255,6 +269,7 @@ async fn apply_fenced(
         batch,
         options.error_policy,
         REBUILD_TTL,
+        blocked,
     )
     .await?
     .ok_or_else(|| fenced_out(lease))?;
@@ -380,14 +395,24 @@ async fn switch(
     // after is the new generation's worker's to apply.
     let head = log_head(&mut *tx).await?.0;
     let mut applied = 0u64;
+    let mut blocked = dead_letters::open_streams(pool, name, lease.generation).await?;
     while cursor.watermark.0 < head {
         let batch = read_batch(&mut tx, &cursor, options.batch_size).await?;
         if batch.is_idle(&cursor) {
             break;
         }
         let next = batch.next.clone();
-        let applied_now =
-            apply_fenced(&mut tx, worker, projector, tables, lease, batch, options).await?;
+        let applied_now = apply_fenced(
+            &mut tx,
+            worker,
+            projector,
+            tables,
+            lease,
+            batch,
+            options,
+            &mut blocked,
+        )
+        .await?;
         cursor = next;
         applied += applied_now;
     }
@@ -429,10 +454,7 @@ async fn drop_retired(
 /// its row and its ledger. Refused while a shadow rebuild holds it. Returns the generation
 /// dropped, if there was one.
 pub async fn abandon_shadow(worker: &Worker, name: &str) -> Result<Option<i32>, ProjectionError> {
-    let projector = worker
-        .find(name)
-        .cloned()
-        .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))?;
+    let projector = worker.projector(name, REBUILD_REFUSED)?.clone();
     let pool = worker.pool();
     if !checkpoint::has_shadow(pool, name).await? {
         return Ok(None);

@@ -12,8 +12,10 @@ use crate::error::ProjectionError;
 /// One projection generation's status.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProjectionStatus {
-    /// The projection.
+    /// The projection, reactor or publisher.
     pub name: String,
+    /// `projection`, `reactor` or `publisher`.
+    pub kind: String,
     /// Its generation.
     pub generation: i32,
     /// live or shadow.
@@ -36,6 +38,8 @@ pub struct ProjectionStatus {
     pub last_error: Option<(String, DateTime<Utc>)>,
     /// The last `verify`: when, whether it passed, and its report.
     pub last_verified: Option<Verification>,
+    /// Open dead letters (`dead-letters NAME` lists them).
+    pub dead_letters: i64,
 }
 
 /// The result of the last `verify` of a generation, as recorded.
@@ -84,6 +88,7 @@ pub async fn status(pool: &PgPool) -> Result<Status, ProjectionError> {
             let at: Option<DateTime<Utc>> = r.try_get("last_error_at")?;
             Ok(ProjectionStatus {
                 name: r.try_get("name")?,
+                kind: r.try_get("kind")?,
                 generation: r.try_get("generation")?,
                 role: r.try_get("role")?,
                 state: r.try_get("state")?,
@@ -94,6 +99,7 @@ pub async fn status(pool: &PgPool) -> Result<Status, ProjectionError> {
                 lag_seconds: r.try_get("lag_seconds")?,
                 owner: r.try_get("owner")?,
                 last_error: error.zip(at),
+                dead_letters: r.try_get("dead_letters")?,
                 last_verified: match (
                     r.try_get::<Option<DateTime<Utc>>, _>("last_verified_at")?,
                     r.try_get::<Option<bool>, _>("last_verified_ok")?,
@@ -139,7 +145,8 @@ impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "log head: position {}", self.head)?;
         let header = [
-            "PROJECTION",
+            "NAME",
+            "KIND",
             "GEN",
             "ROLE",
             "STATE",
@@ -149,14 +156,16 @@ impl fmt::Display for Status {
             "LAG",
             "LAG S",
             "VERIFIED",
+            "DEAD",
             "LEASE",
         ];
-        let rows: Vec<[String; 11]> = self
+        let rows: Vec<[String; 13]> = self
             .projections
             .iter()
             .map(|p| {
                 [
                     p.name.clone(),
+                    p.kind.clone(),
                     p.generation.to_string(),
                     p.role.clone(),
                     p.state.clone(),
@@ -173,6 +182,7 @@ impl fmt::Display for Status {
                         ),
                         None => "never".into(),
                     },
+                    p.dead_letters.to_string(),
                     p.owner.clone().unwrap_or_else(|| "-".into()),
                 ]
             })

@@ -110,8 +110,8 @@ impl fmt::Display for VerifyReport {
 /// # Ok(()) }
 /// ```
 pub async fn verify(worker: &Worker, name: &str) -> Result<VerifyReport, ProjectionError> {
-    let projector = worker
-        .find(name)
+    let unit = worker
+        .unit(name)
         .cloned()
         .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))?;
     let pool = worker.pool();
@@ -138,7 +138,7 @@ pub async fn verify(worker: &Worker, name: &str) -> Result<VerifyReport, Project
                 missing_count += 1;
                 continue;
             };
-            if !projector.accepts_stream(&stream) {
+            if !unit.accepts_stream(&stream) {
                 missing_ignored += 1;
                 continue;
             }

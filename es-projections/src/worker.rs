@@ -1,4 +1,6 @@
-//! The worker: runs projections, each in its own task, tailing the log from its checkpoint.
+//! The worker: runs projections, reactors and publishers, each in its own task, tailing the log
+//! from its checkpoint. Consumers (reactors, publishers) differ from projections only in how a
+//! batch is made effective: see [`crate::consumer`].
 //!
 //! Guarantees, per projection: every committed event is applied exactly once in effect (the
 //! batch's effects and the new checkpoint commit in one transaction, fenced by the lease epoch);
@@ -18,19 +20,24 @@
 //! before applying anything (`checkpoint::hold`), and follows: it takes the lease of whatever
 //! generation is live, or stands by.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use es_core::{EventStore, Upcasters};
+use async_trait::async_trait;
+use es_core::{EventStore, RecordedEvent, StreamId, Upcasters};
 use es_postgres::{read_batch, LogCursor};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::checkpoint::{self, Lease};
-use crate::engine::{apply_and_checkpoint, erase, DynProjector, ErrorPolicy};
+use crate::checkpoint::{self, BatchRecord, Lease};
+use crate::consumer::{ConsumerContext, DynConsumer, KeepAlive};
+use crate::dead_letters::{self, CarriedOut, DeadLetter, Redeliver};
+use crate::engine::{apply_and_checkpoint, erase, DynProjector, ErrorPolicy, ProjectionRedelivery};
 use crate::error::ProjectionError;
 use crate::projector::{Projector, Tables};
+use crate::reactor::{Reactor, ReactorOptions};
 use crate::views;
 
 /// How a worker runs its projections.
@@ -86,8 +93,39 @@ pub fn default_owner() -> String {
 pub struct Worker {
     pool: PgPool,
     upcasters: Arc<Upcasters>,
-    projectors: Vec<Arc<dyn DynProjector>>,
+    units: Vec<Unit>,
     config: WorkerConfig,
+}
+
+/// What a worker runs under one name.
+#[derive(Clone)]
+pub(crate) enum Unit {
+    Projection(Arc<dyn DynProjector>),
+    Consumer(Arc<dyn DynConsumer>),
+}
+
+impl Unit {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Unit::Projection(p) => p.name(),
+            Unit::Consumer(c) => c.name(),
+        }
+    }
+
+    /// What `es_projections.kind` calls it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Unit::Projection(_) => "projection",
+            Unit::Consumer(c) => c.kind().as_str(),
+        }
+    }
+
+    pub(crate) fn accepts_stream(&self, stream: &StreamId) -> bool {
+        match self {
+            Unit::Projection(p) => p.accepts_stream(stream),
+            Unit::Consumer(c) => c.accepts_stream(stream),
+        }
+    }
 }
 
 impl Worker {
@@ -96,21 +134,56 @@ impl Worker {
         Self {
             pool,
             upcasters: Arc::new(upcasters),
-            projectors: Vec::new(),
+            units: Vec::new(),
             config: WorkerConfig::default(),
         }
     }
 
     /// Adds a projection. Fails on an invalid or duplicate name.
-    pub fn projection<P: Projector>(mut self, projector: P) -> Result<Self, ProjectionError> {
+    pub fn projection<P: Projector>(self, projector: P) -> Result<Self, ProjectionError> {
         let erased = erase(projector)?;
-        if self.find(erased.name()).is_some() {
+        self.add(Unit::Projection(erased))
+    }
+
+    /// Adds a reactor (or process manager) with the default [`ReactorOptions`]. Fails on an
+    /// invalid or duplicate name (reactors share the projections' namespace).
+    pub fn reactor<R: Reactor>(self, reactor: R) -> Result<Self, ProjectionError> {
+        self.reactor_with(reactor, ReactorOptions::default())
+    }
+
+    /// Adds a reactor run with these options.
+    pub fn reactor_with<R: Reactor>(
+        self,
+        reactor: R,
+        options: ReactorOptions,
+    ) -> Result<Self, ProjectionError> {
+        let erased = crate::reactor::erase(reactor, options)?;
+        self.add(Unit::Consumer(erased))
+    }
+
+    /// Adds a publisher to a broker (see [`crate::publisher`]). Fails on an invalid or
+    /// duplicate name.
+    pub fn publisher<S: crate::publisher::Sink>(
+        self,
+        publisher: crate::publisher::Publisher<S>,
+    ) -> Result<Self, ProjectionError> {
+        self.consumer(Arc::new(publisher))
+    }
+
+    /// Adds a consumer of another kind (a publisher: see [`crate::publisher`]).
+    pub fn consumer(self, consumer: Arc<dyn DynConsumer>) -> Result<Self, ProjectionError> {
+        crate::projector::validate_name(consumer.kind().as_str(), consumer.name())?;
+        self.add(Unit::Consumer(consumer))
+    }
+
+    fn add(mut self, unit: Unit) -> Result<Self, ProjectionError> {
+        if self.unit(unit.name()).is_some() {
             return Err(ProjectionError::InvalidName(crate::error::InvalidName {
-                kind: "duplicate projection",
-                name: erased.name().to_string(),
+                kind: "duplicate projection or consumer",
+                name: unit.name().to_string(),
             }));
         }
-        self.projectors.push(erased);
+        self.units.push(unit);
         Ok(self)
     }
 
@@ -135,13 +208,52 @@ impl Worker {
         &self.upcasters
     }
 
-    /// The registered projection names.
+    /// The registered names: projections, reactors and publishers, in registration order.
     pub fn names(&self) -> Vec<&str> {
-        self.projectors.iter().map(|p| p.name()).collect()
+        self.units.iter().map(Unit::name).collect()
     }
 
-    pub(crate) fn find(&self, name: &str) -> Option<&Arc<dyn DynProjector>> {
-        self.projectors.iter().find(|p| p.name() == name)
+    pub(crate) fn unit(&self, name: &str) -> Option<&Unit> {
+        self.units.iter().find(|u| u.name() == name)
+    }
+
+    /// The projection `name`, for what only projections do (`action`: rebuild, read rows).
+    pub(crate) fn projector(
+        &self,
+        name: &str,
+        action: &'static str,
+    ) -> Result<&Arc<dyn DynProjector>, ProjectionError> {
+        match self.unit(name) {
+            Some(Unit::Projection(p)) => Ok(p),
+            Some(unit @ Unit::Consumer(_)) => Err(ProjectionError::NotForKind {
+                name: name.to_string(),
+                kind: unit.kind(),
+                reason: action,
+            }),
+            None => Err(ProjectionError::UnknownProjection(name.to_string())),
+        }
+    }
+
+    /// Carries out the dead-letter requests on `name` (see [`crate::dead_letters`]) in this
+    /// process, when no other process holds its lease: takes the lease (a failed one too: it is
+    /// running again afterwards, so that a worker goes on), carries them out, and releases it.
+    /// `None` when another process holds the lease: it carries them out itself.
+    pub async fn carry_out(&self, name: &str) -> Result<Option<CarriedOut>, ProjectionError> {
+        let unit = self
+            .unit(name)
+            .cloned()
+            .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))?;
+        checkpoint::ensure_row(&self.pool, name, unit.kind()).await?;
+        let owner = format!("dead-letters:{}", default_owner());
+        let ttl = self.config.lease_ttl;
+        let Some(lease) = checkpoint::acquire(&self.pool, name, &owner, ttl, true).await? else {
+            return Ok(None);
+        };
+        let mut task =
+            ProjectionTask::new(self, unit, watch::channel(false).1, watch::channel(0).1);
+        let done = task.carry_out(&lease).await;
+        checkpoint::release(&self.pool, &lease).await?;
+        Ok(done?.or(Some(CarriedOut::default())))
     }
 
     /// Runs every projection until `shutdown` completes; see [`Worker::run_only`].
@@ -172,13 +284,13 @@ impl Worker {
         names: &[String],
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ProjectionError> {
-        let selected: Vec<Arc<dyn DynProjector>> = if names.is_empty() {
-            self.projectors.clone()
+        let selected: Vec<Unit> = if names.is_empty() {
+            self.units.clone()
         } else {
             names
                 .iter()
                 .map(|n| {
-                    self.find(n)
+                    self.unit(n)
                         .cloned()
                         .ok_or_else(|| ProjectionError::UnknownProjection(n.clone()))
                 })
@@ -194,16 +306,8 @@ impl Worker {
             wake_tx.send_modify(|n| *n = n.wrapping_add(1))
         }));
         let mut tasks = tokio::task::JoinSet::new();
-        for projector in selected {
-            let task = ProjectionTask {
-                pool: self.pool.clone(),
-                upcasters: self.upcasters.clone(),
-                projector,
-                config: self.config.clone(),
-                stop: stop_rx.clone(),
-                wake: wake_rx.clone(),
-                committed: false,
-            };
+        for unit in selected {
+            let task = ProjectionTask::new(self, unit, stop_rx.clone(), wake_rx.clone());
             tasks.spawn(task.run());
         }
         let mut first_error = None;
@@ -239,20 +343,46 @@ enum Held {
     Lost,
 }
 
+/// How often a lease holder looks for dead-letter requests while it runs.
+const DEAD_LETTER_CHECK: Duration = Duration::from_secs(1);
+
 struct ProjectionTask {
     pool: PgPool,
     upcasters: Arc<Upcasters>,
-    projector: Arc<dyn DynProjector>,
+    unit: Unit,
     config: WorkerConfig,
     stop: watch::Receiver<bool>,
     wake: watch::Receiver<u64>,
     /// Whether a batch committed since the last look (resets the backoff).
     committed: bool,
+    /// Streams with an open dead letter, as of the lease: their later events are parked.
+    blocked: HashSet<StreamId>,
+    /// When dead-letter requests were last looked for.
+    letters_checked: Option<Instant>,
 }
 
 impl ProjectionTask {
+    fn new(
+        worker: &Worker,
+        unit: Unit,
+        stop: watch::Receiver<bool>,
+        wake: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            pool: worker.pool.clone(),
+            upcasters: worker.upcasters.clone(),
+            unit,
+            config: worker.config.clone(),
+            stop,
+            wake,
+            committed: false,
+            blocked: HashSet::new(),
+            letters_checked: None,
+        }
+    }
+
     fn name(&self) -> &str {
-        self.projector.name()
+        self.unit.name()
     }
 
     fn stopping(&self) -> bool {
@@ -307,7 +437,7 @@ impl ProjectionTask {
 
     async fn hold_and_apply(&mut self, retry_failed: bool) -> Result<Held, ProjectionError> {
         let ttl = self.config.lease_ttl;
-        checkpoint::ensure_row(&self.pool, self.name()).await?;
+        checkpoint::ensure_row(&self.pool, self.name(), self.unit.kind()).await?;
         let Some(lease) = checkpoint::acquire(
             &self.pool,
             self.name(),
@@ -326,8 +456,17 @@ impl ProjectionTask {
             position = %lease.cursor.watermark,
             "lease taken; applying"
         );
-        let tables = Tables::new(self.projector.tables(), lease.generation)?;
-        let result = self.apply_while_held(&lease, &tables).await;
+        self.blocked =
+            dead_letters::open_streams(&self.pool, &lease.name, lease.generation).await?;
+        self.letters_checked = None;
+        let result = match self.unit.clone() {
+            Unit::Projection(projector) => {
+                let tables = Tables::new(projector.tables(), lease.generation)?;
+                self.apply_while_held(projector.as_ref(), &lease, &tables)
+                    .await
+            }
+            Unit::Consumer(consumer) => self.consume_while_held(consumer.as_ref(), &lease).await,
+        };
         match &result {
             Ok(Held::Shutdown) => {
                 let _ = checkpoint::release(&self.pool, &lease).await;
@@ -352,18 +491,75 @@ impl ProjectionTask {
         result
     }
 
+    /// Carries out dead-letter requests when it is time to look for them; false when the lease
+    /// was lost on the way.
+    async fn carry_out_if_due(&mut self, lease: &Lease) -> Result<bool, ProjectionError> {
+        if self
+            .letters_checked
+            .is_some_and(|at| at.elapsed() < DEAD_LETTER_CHECK)
+        {
+            return Ok(true);
+        }
+        self.letters_checked = Some(Instant::now());
+        if !dead_letters::has_work(&self.pool, &lease.name, lease.generation).await? {
+            return Ok(true);
+        }
+        Ok(self.carry_out(lease).await?.is_some())
+    }
+
+    /// Carries out the dead-letter requests under `lease`; None when it was lost.
+    async fn carry_out(&mut self, lease: &Lease) -> Result<Option<CarriedOut>, ProjectionError> {
+        let done = match self.unit.clone() {
+            Unit::Projection(projector) => {
+                let tables = Tables::new(projector.tables(), lease.generation)?;
+                let redelivery = ProjectionRedelivery {
+                    pool: &self.pool,
+                    projector: projector.as_ref(),
+                    tables: &tables,
+                    upcasters: &self.upcasters,
+                };
+                dead_letters::carry_out(&self.pool, lease, &redelivery).await?
+            }
+            Unit::Consumer(consumer) => {
+                let redelivery = ConsumerRedelivery {
+                    pool: &self.pool,
+                    consumer: consumer.as_ref(),
+                    upcasters: &self.upcasters,
+                    ttl: self.config.lease_ttl,
+                };
+                dead_letters::carry_out(&self.pool, lease, &redelivery).await?
+            }
+        };
+        if let Some(done) = &done {
+            info!(
+                projection = self.name(),
+                retried = done.retried,
+                skipped = done.skipped,
+                failed = done.failed,
+                "dead-letter requests carried out"
+            );
+        }
+        self.blocked =
+            dead_letters::open_streams(&self.pool, &lease.name, lease.generation).await?;
+        Ok(done)
+    }
+
     async fn apply_while_held(
         &mut self,
+        projector: &dyn DynProjector,
         lease: &Lease,
         tables: &Tables,
     ) -> Result<Held, ProjectionError> {
         let ttl = self.config.lease_ttl;
-        views::setup(&self.pool, self.projector.as_ref(), tables, true).await?;
+        views::setup(&self.pool, projector, tables, true).await?;
         let mut cursor: LogCursor = lease.cursor.clone();
         let mut renewed = Instant::now();
         loop {
             if self.stopping() {
                 return Ok(Held::Shutdown);
+            }
+            if !self.carry_out_if_due(lease).await? {
+                return Ok(Held::Lost);
             }
             let mut tx = self.pool.begin().await?;
             let batch = read_batch(&mut tx, &cursor, self.config.batch_size).await?;
@@ -380,15 +576,17 @@ impl ProjectionTask {
             }
             let count = batch.events.len();
             let next = batch.next.clone();
+            let mut blocked = self.blocked.clone();
             let Some(outcome) = apply_and_checkpoint(
                 &mut tx,
-                self.projector.as_ref(),
+                projector,
                 tables,
                 &self.upcasters,
                 lease,
                 batch,
                 self.config.error_policy,
                 ttl,
+                &mut blocked,
             )
             .await?
             else {
@@ -396,6 +594,7 @@ impl ProjectionTask {
                 return Ok(Held::Lost);
             };
             tx.commit().await?;
+            self.blocked = blocked;
             renewed = Instant::now();
             self.committed = true;
             debug!(
@@ -410,5 +609,203 @@ impl ProjectionTask {
             );
             cursor = next;
         }
+    }
+}
+
+impl ProjectionTask {
+    /// The consumer's loop (see [`crate::consumer`]): read in a short transaction, make the
+    /// effects outside any, then the fenced checkpoint with the batch's dead letters.
+    async fn consume_while_held(
+        &mut self,
+        consumer: &dyn DynConsumer,
+        lease: &Lease,
+    ) -> Result<Held, ProjectionError> {
+        let ttl = self.config.lease_ttl;
+        let batch_size = consumer
+            .batch_size()
+            .unwrap_or(self.config.batch_size)
+            .max(1);
+        let mut cursor: LogCursor = lease.cursor.clone();
+        let pool = self.pool.clone();
+        let mut keeper = LeaseKeeper::new(&pool, lease, ttl);
+        loop {
+            if self.stopping() {
+                return Ok(Held::Shutdown);
+            }
+            if !self.carry_out_if_due(lease).await? {
+                return Ok(Held::Lost);
+            }
+            let mut tx = self.pool.begin().await?;
+            let batch = read_batch(&mut tx, &cursor, batch_size).await?;
+            tx.commit().await?;
+            if batch.is_idle(&cursor) {
+                if !keeper.renew_if_due().await? {
+                    return Ok(Held::Lost);
+                }
+                self.pause(ttl / 3).await;
+                continue;
+            }
+            let next = batch.next.clone();
+            let delivered: Vec<i64> = batch.events.iter().map(|e| e.global_position.0).collect();
+            let last_event_at = batch.events.iter().map(|e| e.recorded_at).max();
+            let count = batch.events.len();
+            let mut blocked = self.blocked.clone();
+            let mut context = ConsumerContext {
+                pool: &self.pool,
+                upcasters: &self.upcasters,
+                generation: lease.generation,
+                blocked: &mut blocked,
+                keep_alive: &mut keeper,
+                parked: Vec::new(),
+                stop: None,
+            };
+            let outcome = consumer.handle_batch(batch.events, &mut context).await?;
+            let (parked, stop) = (std::mem::take(&mut context.parked), context.stop.take());
+            drop(context);
+            if keeper.lost() {
+                return Ok(Held::Lost);
+            }
+            let mut tx = self.pool.begin().await?;
+            if !checkpoint::hold(&mut tx, lease).await? {
+                tx.rollback().await?;
+                return Ok(Held::Lost);
+            }
+            for letter in &parked {
+                dead_letters::park(&mut tx, &lease.name, lease.generation, letter).await?;
+            }
+            let record = BatchRecord {
+                cursor: &next,
+                delivered: &delivered,
+                applied: outcome.applied,
+                last_event_at,
+            };
+            if !checkpoint::save(&mut tx, lease, record, ttl).await? {
+                tx.rollback().await?;
+                return Ok(Held::Lost);
+            }
+            tx.commit().await?;
+            keeper.renewed_now();
+            self.blocked = blocked;
+            self.committed = true;
+            debug!(
+                projection = self.name(),
+                kind = self.unit.kind(),
+                position = %next.watermark,
+                events = count,
+                applied = outcome.applied,
+                parked = outcome.parked,
+                "batch done"
+            );
+            cursor = next;
+            if let Some(error) = stop {
+                return Err(ProjectionError::Failed {
+                    projection: self.name().to_string(),
+                    error,
+                });
+            }
+        }
+    }
+}
+
+/// Renews a consumer's lease during long batches.
+struct LeaseKeeper<'a> {
+    pool: &'a PgPool,
+    lease: &'a Lease,
+    ttl: Duration,
+    renewed: Instant,
+    lost: bool,
+}
+
+impl<'a> LeaseKeeper<'a> {
+    fn new(pool: &'a PgPool, lease: &'a Lease, ttl: Duration) -> Self {
+        Self {
+            pool,
+            lease,
+            ttl,
+            renewed: Instant::now(),
+            lost: false,
+        }
+    }
+
+    /// A checkpoint write extended the lease.
+    fn renewed_now(&mut self) {
+        self.renewed = Instant::now();
+    }
+}
+
+#[async_trait]
+impl KeepAlive for LeaseKeeper<'_> {
+    async fn renew_if_due(&mut self) -> Result<bool, ProjectionError> {
+        if self.lost {
+            return Ok(false);
+        }
+        if self.renewed.elapsed() >= self.ttl / 3 {
+            if !checkpoint::renew(self.pool, self.lease, self.ttl).await? {
+                self.lost = true;
+                return Ok(false);
+            }
+            self.renewed = Instant::now();
+        }
+        Ok(true)
+    }
+
+    fn lost(&self) -> bool {
+        self.lost
+    }
+}
+
+/// Redelivers a consumer's dead letter: the effect made outside any transaction, then the
+/// letter closed (or its new failure recorded) in a transaction fenced by the lease.
+struct ConsumerRedelivery<'a> {
+    pool: &'a PgPool,
+    consumer: &'a dyn DynConsumer,
+    upcasters: &'a Upcasters,
+    ttl: Duration,
+}
+
+#[async_trait]
+impl Redeliver for ConsumerRedelivery<'_> {
+    async fn redeliver(
+        &self,
+        lease: &Lease,
+        letter: &DeadLetter,
+        event: RecordedEvent,
+    ) -> Result<Option<bool>, ProjectionError> {
+        let mut keeper = LeaseKeeper::new(self.pool, lease, self.ttl);
+        let mut none_blocked = HashSet::new();
+        let mut context = ConsumerContext {
+            pool: self.pool,
+            upcasters: self.upcasters,
+            generation: lease.generation,
+            blocked: &mut none_blocked,
+            keep_alive: &mut keeper,
+            parked: Vec::new(),
+            stop: None,
+        };
+        self.consumer
+            .handle_batch(vec![event], &mut context)
+            .await?;
+        let failure = context.parked.pop();
+        drop(context);
+        if keeper.lost() {
+            return Ok(None);
+        }
+        let mut tx = self.pool.begin().await?;
+        if !checkpoint::hold(&mut tx, lease).await? {
+            return Ok(None);
+        }
+        let ok = match failure {
+            None => {
+                dead_letters::retried(&mut tx, letter, &lease.owner).await?;
+                true
+            }
+            Some(failure) => {
+                dead_letters::failed_again(&mut tx, letter, &failure.error, failure.attempts)
+                    .await?;
+                false
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(ok))
     }
 }

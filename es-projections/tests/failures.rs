@@ -11,6 +11,7 @@ use common::*;
 use es_core::{EventData, EventStore, ExpectedVersion, StreamId, Upcasters};
 use es_postgres::testing::TestDatabase;
 use es_postgres::PgEventStore;
+use es_projections::dead_letters::{self, Action, Cause, LetterState, Target};
 use es_projections::{ErrorPolicy, ProjectionError, Worker};
 use serde_json::json;
 
@@ -124,6 +125,120 @@ async fn the_dead_letter_policy_parks_the_event_and_applies_the_rest() {
         .await
         .unwrap();
     assert_eq!(applied, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_event_holds_its_stream_in_order_until_an_operator_acts() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    append(&store, "b", "Counted", json!({"n": 1})).await;
+    let poison = append(&store, "b", "Poison", json!(null)).await;
+    for i in 0..3 {
+        append(&store, "b", "Counted", json!({"n": i})).await;
+        append(&store, "a", "Counted", json!({"n": i})).await;
+    }
+    let mut config = fast_config("parker");
+    config.error_policy = ErrorPolicy::DeadLetter;
+    let worker = Worker::new(db.pool.clone(), Upcasters::of::<TestEvent>())
+        .projection(Audit { name: "audit" })
+        .unwrap()
+        .with_config(config);
+    let running = spawn(worker.clone());
+    wait_caught_up(&db.pool, "audit", Duration::from_secs(30)).await;
+    // b's events after the poison wait behind it (the projector would refuse them out of
+    // order: it checks each stream's versions); a goes on.
+    let letters = dead_letters::list(&db.pool, Some("audit"), false)
+        .await
+        .unwrap();
+    let causes: Vec<(i64, Cause)> = letters
+        .iter()
+        .map(|l| (l.event.stream_version.0 as i64, l.cause))
+        .collect();
+    assert_eq!(
+        causes,
+        vec![
+            (2, Cause::Failed),
+            (3, Cause::Held),
+            (4, Cause::Held),
+            (5, Cause::Held)
+        ]
+    );
+    let applied = |stream: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_applied WHERE stream_id = $1")
+                .bind(stream)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!((applied("a").await, applied("b").await), (3, 1));
+    // A retry of the poison fails again: the stream keeps waiting.
+    dead_letters::request(
+        &db.pool,
+        "audit",
+        Action::Retry,
+        &Target::Stream(StreamId::new("b").unwrap()),
+        "test",
+        None,
+    )
+    .await
+    .unwrap();
+    let deadline = deadline(30);
+    loop {
+        let letters = dead_letters::list(&db.pool, Some("audit"), false)
+            .await
+            .unwrap();
+        if letters.iter().all(|l| l.requested.is_none()) {
+            assert_eq!(letters.len(), 4);
+            assert_eq!(letters[0].attempts, 2);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retry not carried out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Skipped with a reason: the held events go next, in order. This projector checks each
+    // stream's continuity, so the first of them now fails (version 3 after 1) and becomes the
+    // letter its stream waits behind: skipping is the operator's decision, and a projector that
+    // cannot take a gap says so instead of applying around it.
+    dead_letters::request(
+        &db.pool,
+        "audit",
+        Action::Skip,
+        &Target::Position(es_core::GlobalPosition(poison)),
+        "test",
+        Some("a test poison"),
+    )
+    .await
+    .unwrap();
+    let letters = loop {
+        let letters = dead_letters::list(&db.pool, Some("audit"), false)
+            .await
+            .unwrap();
+        if letters.len() == 3 && letters[0].cause == Cause::Failed {
+            break letters;
+        }
+        assert!(std::time::Instant::now() < deadline, "skip not carried out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    running.stop().await;
+    assert_eq!(letters[0].event.stream_version.0, 3);
+    assert!(
+        letters[0].error.contains("out of order"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(applied("b").await, 1);
+    let all = dead_letters::list(&db.pool, Some("audit"), true)
+        .await
+        .unwrap();
+    assert_eq!(all[0].state, LetterState::Skipped);
+    assert_eq!(all[0].reason.as_deref(), Some("a test poison"));
+    assert_verified(&worker, "audit").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,2 +1,9 @@
--- Creates a projection's live row (generation 1) if it has none yet.
-INSERT INTO es_projections (name) VALUES ($1) ON CONFLICT DO NOTHING
+-- Creates the live row (generation 1) of a projection or consumer ($2 its kind) if it has none
+-- yet, and returns the kind the row was created for: a name is one thing only.
+WITH created AS (
+    INSERT INTO es_projections (name, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING kind
+)
+SELECT kind FROM created
+UNION ALL
+SELECT kind FROM es_projections WHERE name = $1 AND role = 'live'
+LIMIT 1
