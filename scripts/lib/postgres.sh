@@ -77,7 +77,7 @@ start_postgres() {
   PG_PRIVATE_DIR=$(mktemp -d "$root/pg.XXXXXX")
   chmod 755 "$PG_PRIVATE_DIR"
   [ "$(id -u)" -eq 0 ] && chown postgres "$PG_PRIVATE_DIR"
-  trap pg_stop EXIT
+  ES_EXIT_HOOKS="pg_stop ${ES_EXIT_HOOKS:-}"; trap 'for hook in ${ES_EXIT_HOOKS:-}; do "$hook"; done' EXIT
   trap 'exit 130' INT TERM
   local port
   port=$(pg_free_port)
