@@ -1,11 +1,13 @@
 //! Examples for the framework: [`deal`] (the CRM deal case end to end: aggregate, upcaster,
 //! read model, workload generator), [`bank`] (an account with no overdraft under concurrent
-//! withdrawals, and transfers committed across two accounts) and [`users`] (an e-mail address
-//! unique across users).
+//! withdrawals, and transfers committed across two accounts), [`users`] (an e-mail address
+//! unique across users) and [`wire`] (a transfer run as a process by a process manager, with a
+//! refund when the credit is refused).
 
 pub mod bank;
 pub mod deal;
 pub mod users;
+pub mod wire;
 
 /// The event registry of a database holding both examples' events. A projector stops on an
 /// event of a type it cannot decode on a stream it reads (`accepts_stream`); events of streams
@@ -14,7 +16,8 @@ pub mod users;
 pub fn upcasters() -> es_core::Upcasters {
     let builder = deal::register(es_core::Upcasters::builder())
         .register::<bank::AccountEvent>()
-        .register::<users::UserEvent>();
+        .register::<users::UserEvent>()
+        .register::<wire::WireEvent>();
     // The registry is static and checked by the tests: building it cannot fail.
     match builder.build() {
         Ok(upcasters) => upcasters,

@@ -5,8 +5,12 @@
 //! CRM-id row and first event share one transaction, project it into the indexed `deals` table with a worker, compare a filtered
 //! query on the table with folding every deal on the fly, rebuild the projection as a shadow and
 //! check the table is identical, verify that the projection was given every committed event,
-//! and show the status. Run it with `scripts/demo [--deals N]
-//! [--events N]`; the real case is `scripts/demo --deals 80000 --events 2000000`.
+//! and show the status. Between the two, a wire transfer run by a process manager (debit,
+//! credit, and a refund when the credit is refused), with its causation chain read back from the
+//! log. At the end, when `NATS_URL` names a NATS server with JetStream (`scripts/demo` starts
+//! one), every event of the log is published to it and counted back by message id. Run it with
+//! `scripts/demo [--deals N] [--events N]`; the real case is
+//! `scripts/demo --deals 80000 --events 2000000`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +27,10 @@ use es_examples::deal::{
     count_by_folding, create_deal, load, wait_caught_up, Deal, DealsProjector, LoadOptions,
 };
 use es_examples::upcasters;
+use es_examples::wire::{Wire, WireCommand, WireProcess, WireState};
 use es_postgres::PgEventStore;
+use es_projections::nats::{JetStreamOptions, JetStreamSink};
+use es_projections::publisher::Publisher;
 use es_projections::{RebuildOptions, Worker, WorkerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
@@ -46,6 +53,9 @@ struct Args {
     /// Skip the bank account part.
     #[arg(long)]
     skip_bank: bool,
+    /// A NATS server with JetStream to publish the log to (skipped when unset).
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
+    nats_url: Option<String>,
 }
 
 #[tokio::main]
@@ -64,8 +74,17 @@ async fn main() -> Result<(), Error> {
     es_postgres::migrate(&pool).await?;
     if !args.skip_bank {
         bank(&pool).await?;
+        wires(&pool).await?;
     }
     deals(&pool, args.deals, args.events).await?;
+    match args.nats_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => publish(&pool, url).await?,
+        None => println!(
+            "\n(NATS_URL is not set: the log is not published; scripts/demo starts a NATS server)"
+        ),
+    }
+    println!("\n== Status");
+    print!("{}", es_projections::status(&pool).await?);
     if args.deals < 80_000 {
         println!(
             "\nThe real case has 80,000 deals and 2,000,000 events: \
@@ -415,8 +434,159 @@ async fn deals(pool: &PgPool, deals: u64, events: u64) -> Result<(), Error> {
         return Err("verify found events the projection never saw".into());
     }
 
-    println!("\n== Status");
-    print!("{}", es_projections::status(pool).await?);
+    Ok(())
+}
+
+/// A wire transfer as a process: the process manager reacts to each step with the next command.
+async fn wires(pool: &PgPool) -> Result<(), Error> {
+    println!("\n== A wire transfer run by a process manager: debit, credit, refund if refused");
+    let accounts = Repository::<Account>::new(PgEventStore::new(pool.clone()));
+    let wires = Repository::<Wire>::new(PgEventStore::new(pool.clone()));
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (from, to) = (
+        StreamId::new(format!("account-{suffix}-a"))?,
+        StreamId::new(format!("account-{suffix}-b"))?,
+    );
+    for account in [&from, &to] {
+        accounts
+            .execute(account, AccountCommand::Open { owner: "bo".into() })
+            .await?;
+    }
+    accounts
+        .execute(&from, AccountCommand::Deposit { amount: 100 })
+        .await?;
+    let never_opened = format!("account-{suffix}-closed");
+    let (paid, refused) = (
+        StreamId::new(format!("wire-{suffix}-1"))?,
+        StreamId::new(format!("wire-{suffix}-2"))?,
+    );
+    for (wire, target) in [(&paid, to.as_str()), (&refused, never_opened.as_str())] {
+        let request = WireCommand::Request {
+            from: from.to_string(),
+            to: target.to_string(),
+            amount: 30,
+        };
+        let metadata = es_core::Metadata::correlated(uuid::Uuid::new_v4());
+        wires.execute_with_metadata(wire, request, metadata).await?;
+    }
+    let manager = WireProcess::new(
+        Repository::new(PgEventStore::new(pool.clone())),
+        Repository::new(PgEventStore::new(pool.clone())),
+    );
+    let worker = Worker::new(pool.clone(), upcasters())
+        .reactor(manager)?
+        .with_config(WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        });
+    let done = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let states = (
+                wires.load(&paid).await.map(|l| l.state.state),
+                wires.load(&refused).await.map(|l| l.state.state),
+            );
+            if matches!(states, (Ok(WireState::Completed), Ok(WireState::Refunded))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    worker.run(done).await?;
+    for wire in [&paid, &refused] {
+        println!("{wire}: {:?}", wires.load(wire).await?.state.state);
+    }
+    // The chain, as the log holds it: each event names the event that caused it.
+    let rows: Vec<(String, i64, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT e.stream_id, e.stream_version, e.event_type, left(e.event_id::text, 8),
+                left(e.metadata->>'causation_id', 8)
+         FROM es_events e
+         WHERE e.stream_id IN ($1, $2, $3)
+           AND (e.metadata->>'correlation_id') = (SELECT metadata->>'correlation_id'
+                                                  FROM es_events WHERE stream_id = $4
+                                                  AND stream_version = 1)
+         ORDER BY e.global_position",
+    )
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(refused.as_str())
+    .bind(refused.as_str())
+    .fetch_all(pool)
+    .await?;
+    println!("the refused wire's correlation, from the log (event id <- causation id):");
+    for (stream, version, event_type, event_id, causation) in &rows {
+        println!(
+            "  {event_id} <- {:<8}  {stream} v{version} {event_type}",
+            causation.as_deref().unwrap_or("request")
+        );
+    }
+    let balances = (
+        accounts.load(&from).await?.state.balance,
+        accounts.load(&to).await?.state.balance,
+    );
+    println!("balances: {from} {}, {to} {}", balances.0, balances.1);
+    if balances != (70, 30) {
+        return Err("the wires must move 30 and refund 30".into());
+    }
+    Ok(())
+}
+
+/// Publishes every event of the log to NATS JetStream and counts it back by message id.
+async fn publish(pool: &PgPool, url: &str) -> Result<(), Error> {
+    println!("\n== Publishing the whole log to NATS JetStream");
+    let options = JetStreamOptions::default();
+    let stream_name = options.stream.clone();
+    let sink = JetStreamSink::connect(url, options).await?;
+    let context = sink.context().clone();
+    let publisher = Publisher::new("log_publisher", sink)?;
+    let worker = Worker::new(pool.clone(), upcasters())
+        .publisher(publisher)?
+        .with_config(WorkerConfig {
+            batch_size: 2000,
+            ..WorkerConfig::default()
+        });
+    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM es_events")
+        .fetch_one(pool)
+        .await?;
+    let applied = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT coalesce(max(events_applied), 0), coalesce(max(watermark), 0)
+             FROM es_projections WHERE name = 'log_publisher' AND role = 'live'",
+        )
+        .fetch_one(pool)
+        .await
+    };
+    let mut stream = context.get_stream(&stream_name).await?;
+    let messages_before = stream.info().await?.state.messages;
+    let (applied_before, _) = applied().await?;
+    let bar = progress_bar(head.max(0) as u64, "publishing", "positions");
+    let started = Instant::now();
+    let reached = async {
+        loop {
+            if let Ok((_, watermark)) = applied().await {
+                bar.set_position(watermark.max(0) as u64);
+                if watermark >= head {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    worker.run(reached).await?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let published = applied().await?.0 - applied_before;
+    let stored = stream.info().await?.state.messages - messages_before;
+    println!(
+        "published {published} events in {elapsed:.1} s ({:.0} events/s); JetStream stream \
+         {stream_name} stored {stored} new messages: one per event id",
+        published as f64 / elapsed.max(1e-9)
+    );
+    if stored != published as u64 {
+        return Err(
+            format!("JetStream stored {stored} messages for {published} events published").into(),
+        );
+    }
     Ok(())
 }
 
