@@ -32,6 +32,10 @@
 //!
 //! The publisher keeps nothing of its own: its checkpoint is the worker's (`es_projections`
 //! row of its name), the broker keeps what was published.
+//!
+//! Other brokers implement [`Sink`]; docs/design.md ("Publishing to a broker") says what a Kafka
+//! sink needs to keep the contract (the stream id as the record key, an idempotent or
+//! transactional producer) and what a RabbitMQ one would.
 
 use std::fmt;
 use std::sync::Arc;
