@@ -498,8 +498,8 @@ async fn wires(pool: &PgPool) -> Result<(), Error> {
     }
     // The chain, as the log holds it: each event names the event that caused it.
     let rows: Vec<(String, i64, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT e.stream_id, e.stream_version, e.event_type, left(e.event_id::text, 8),
-                left(e.metadata->>'causation_id', 8)
+        "SELECT e.stream_id, e.stream_version, e.event_type, right(e.event_id::text, 8),
+                right(e.metadata->>'causation_id', 8)
          FROM es_events e
          WHERE e.stream_id IN ($1, $2, $3)
            AND (e.metadata->>'correlation_id') = (SELECT metadata->>'correlation_id'
@@ -513,7 +513,9 @@ async fn wires(pool: &PgPool) -> Result<(), Error> {
     .bind(refused.as_str())
     .fetch_all(pool)
     .await?;
-    println!("the refused wire's correlation, from the log (event id <- causation id):");
+    println!(
+        "the refused wire's correlation, from the log (event id <- the event that caused it; last 8 hex digits):"
+    );
     for (stream, version, event_type, event_id, causation) in &rows {
         println!(
             "  {event_id} <- {:<8}  {stream} v{version} {event_type}",
