@@ -141,3 +141,94 @@ async fn ctrl_c_on_a_rebuild_then_the_same_command_resumes() {
     let verified = deal_worker(&db.url, &["verify"]);
     assert!(verified.status.success(), "{}", text(&verified));
 }
+
+/// The dead-letter commands and the reactor as an operator meets them: a wire whose refund is
+/// refused ends in the dead letters; `dead-letters` lists it, `retry` fails again while the cause
+/// stays, `skip` needs a reason and closes it; `rebuild` of a reactor is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_retried_and_skipped_through_the_binary() {
+    use es_core::{EventData, EventStore, ExpectedVersion, StreamId};
+    let db = TestDatabase::with_max_connections(10).await;
+    let store = es_postgres::PgEventStore::new(db.pool.clone());
+    // A wire already refused by its credit, whose debited account was never opened: the
+    // refund (a deposit to it) is refused, a permanent failure.
+    let wire = StreamId::new("wire-cli-1").unwrap();
+    let events = vec![
+        EventData::raw(
+            "WireRequested",
+            1,
+            serde_json::json!({"from": "account-gone", "to": "account-other", "amount": 5}),
+        ),
+        EventData::raw("WireDebited", 1, serde_json::json!(null)),
+        EventData::raw(
+            "WireCreditRefused",
+            1,
+            serde_json::json!({"reason": "the account is not open"}),
+        ),
+    ];
+    let appended = store
+        .append(&wire, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let parked_at = appended.global_position.0;
+    let refused = deal_worker(&db.url, &["rebuild", "wires"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("wires is a reactor"),
+        "{}",
+        text(&refused)
+    );
+    // Run the worker until the letter is parked.
+    let mut run = Command::new(env!("CARGO_BIN_EXE_deal-worker"))
+        .args(["run", "--projection", "wires", "--poll-ms", "20"])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = deal_worker(&db.url, &["dead-letters", "wires"]);
+        if text(&listed).contains("wire-cli-1") {
+            assert!(text(&listed).contains("refund"), "{}", text(&listed));
+            assert!(text(&listed).contains("failed"), "{}", text(&listed));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never parked: {}", text(&listed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let position = parked_at.to_string();
+    // The running worker carries the retry out; the cause stays, so it fails again.
+    let retried = deal_worker(&db.url, &["retry", "wires", "--position", &position]);
+    assert!(!retried.status.success(), "{}", text(&retried));
+    assert!(text(&retried).contains("still open"), "{}", text(&retried));
+    let no_reason = Command::new(env!("CARGO_BIN_EXE_deal-worker"))
+        .args(["skip", "wires", "--position", &position])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(!no_reason.status.success(), "a skip needs --reason");
+    let skipped = deal_worker(
+        &db.url,
+        &[
+            "skip",
+            "wires",
+            "--position",
+            &position,
+            "--reason",
+            "the account was closed for good",
+        ],
+    );
+    assert!(skipped.status.success(), "{}", text(&skipped));
+    let _ = run.kill();
+    let _ = run.wait();
+    let all = deal_worker(&db.url, &["dead-letters", "wires", "--all"]);
+    assert!(
+        text(&all).contains("skipped: the account was closed for good"),
+        "{}",
+        text(&all)
+    );
+    let open = deal_worker(&db.url, &["dead-letters"]);
+    assert!(text(&open).contains("no dead letters"), "{}", text(&open));
+}
