@@ -35,6 +35,7 @@ mod event_types;
 pub mod group_commit;
 pub mod idempotency;
 pub mod log_reader;
+mod migrate;
 pub mod notify;
 mod row;
 pub mod store;
@@ -48,10 +49,24 @@ pub use log_reader::{log_head, read_at, read_batch, Hole, Horizon, LogBatch, Log
 pub use notify::{listen, NOTIFY_CHANNEL};
 pub use store::PgEventStore;
 
-/// The embedded migrations.
+/// The embedded migrations. Apply them with [`migrate`], which records them in the framework's
+/// own ledger (`es_schema_migrations`); `MIGRATOR.run` would record them in sqlx's shared
+/// `_sqlx_migrations`, where they clash with an application's own migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Applies the embedded migrations (idempotent; concurrent callers wait on each other).
+/// Applies the embedded migrations not applied yet, in one transaction, recorded in the
+/// framework's own ledger `es_schema_migrations`, so that an application's sqlx migrations
+/// (`_sqlx_migrations`) run beside them in the same database, before or after. Idempotent;
+/// concurrent callers wait for each other. A database migrated by an earlier version of this
+/// crate (into `_sqlx_migrations`) has those rows moved to the new ledger. Fails with
+/// `VersionMismatch` when an applied migration differs from the embedded one.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// es_postgres::migrate(&pool).await?; // the framework's tables, in es_schema_migrations
+/// // then the application's own, beside them, e.g. sqlx::migrate!().run(&pool).await?
+/// # Ok(()) }
+/// ```
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    migrate::run(pool).await
 }

@@ -29,6 +29,17 @@ impl TestDatabase {
     /// # Panics
     /// When `DATABASE_URL` is not set or the server cannot be reached: tests cannot run then.
     pub async fn with_max_connections(max_connections: u32) -> Self {
+        let db = Self::empty(max_connections).await;
+        crate::migrate(&db.pool).await.expect("apply migrations");
+        db
+    }
+
+    /// Creates an empty database (no migration applied), for tests of the migrations
+    /// themselves.
+    ///
+    /// # Panics
+    /// As [`TestDatabase::with_max_connections`].
+    pub async fn empty(max_connections: u32) -> Self {
         let url = std::env::var("DATABASE_URL")
             .expect("DATABASE_URL must name a PostgreSQL server for integration tests (scripts/test sets it)");
         let admin = PgConnectOptions::from_str(&url)
@@ -49,7 +60,6 @@ impl TestDatabase {
             .connect_with(options.clone())
             .await
             .expect("connect to the test database");
-        crate::migrate(&pool).await.expect("apply migrations");
         let url = options.to_url_lossy().to_string();
         Self {
             pool,

@@ -1,0 +1,149 @@
+//! The framework's migrations beside an application's own sqlx migrations, in one database, in
+//! either order; a database migrated into sqlx's shared table by an earlier version adopted;
+//! concurrent callers; an edited migration refused.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use es_postgres::testing::TestDatabase;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::{Connection, PgPool};
+
+/// An application's migration directory, with one migration of a typical timestamp version.
+fn application_migrations() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("es-app-migrations-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("20240101000000_app_things.sql"),
+        "CREATE TABLE app_things (id bigint PRIMARY KEY, name text NOT NULL);",
+    )
+    .unwrap();
+    dir
+}
+
+async fn application(dir: &PathBuf) -> Migrator {
+    Migrator::new(dir.as_path()).await.unwrap()
+}
+
+async fn framework_versions(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT version FROM es_schema_migrations ORDER BY version")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn shared_versions(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+fn embedded() -> Vec<i64> {
+    es_postgres::MIGRATOR.iter().map(|m| m.version).collect()
+}
+
+#[tokio::test]
+async fn the_framework_and_an_application_migrate_one_database_in_either_order() {
+    let dir = application_migrations();
+    for framework_first in [true, false] {
+        let db = TestDatabase::empty(4).await;
+        let app = application(&dir).await;
+        if framework_first {
+            es_postgres::migrate(&db.pool).await.unwrap();
+            app.run(&db.pool).await.unwrap();
+        } else {
+            app.run(&db.pool).await.unwrap();
+            es_postgres::migrate(&db.pool).await.unwrap();
+        }
+        // Both again, as every deployment does at start-up.
+        es_postgres::migrate(&db.pool).await.unwrap();
+        app.run(&db.pool).await.unwrap();
+        assert_eq!(framework_versions(&db.pool).await, embedded());
+        assert_eq!(shared_versions(&db.pool).await, vec![20240101000000]);
+        sqlx::query("INSERT INTO app_things VALUES (1, 'a')")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM es_events")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(events, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_database_migrated_into_the_shared_table_is_adopted() {
+    let dir = application_migrations();
+    let db = TestDatabase::empty(4).await;
+    // As the crate did before its own ledger: sqlx's migrator, the shared table.
+    es_postgres::MIGRATOR.run(&db.pool).await.unwrap();
+    let app = application(&dir).await;
+    // On a connection of its own: sqlx's migrator returns this error with its session lock
+    // still held, and a pooled connection would keep it.
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let refused = app.run(&mut conn).await;
+    conn.close().await.unwrap();
+    assert!(
+        matches!(refused, Err(MigrateError::VersionMissing(1))),
+        "the clash this ledger removes: {refused:?}"
+    );
+    es_postgres::migrate(&db.pool).await.unwrap();
+    assert_eq!(framework_versions(&db.pool).await, embedded());
+    assert!(shared_versions(&db.pool).await.is_empty());
+    app.run(&db.pool).await.unwrap();
+    assert_eq!(shared_versions(&db.pool).await, vec![20240101000000]);
+    es_postgres::migrate(&db.pool).await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_callers_wait_for_each_other() {
+    let db = TestDatabase::empty(16).await;
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move { es_postgres::migrate(&pool).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(framework_versions(&db.pool).await, embedded());
+}
+
+#[tokio::test]
+async fn an_applied_migration_that_was_edited_is_refused() {
+    let db = TestDatabase::create().await;
+    sqlx::query("UPDATE es_schema_migrations SET checksum = '\\x00' WHERE version = 3")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let refused = es_postgres::migrate(&db.pool).await;
+    assert!(
+        matches!(refused, Err(MigrateError::VersionMismatch(3))),
+        "{refused:?}"
+    );
+    // A version this binary does not know (a newer binary migrated first) is accepted.
+    sqlx::query("UPDATE es_schema_migrations SET checksum = $1 WHERE version = 3")
+        .bind(
+            es_postgres::MIGRATOR
+                .iter()
+                .find(|m| m.version == 3)
+                .unwrap()
+                .checksum
+                .as_ref(),
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO es_schema_migrations (version, description, checksum, execution_ms)
+         VALUES (999, 'from a newer binary', '\\x01', 0)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    es_postgres::migrate(&db.pool).await.unwrap();
+}
