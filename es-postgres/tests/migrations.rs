@@ -22,8 +22,8 @@ fn application_migrations() -> PathBuf {
     dir
 }
 
-async fn application(dir: &PathBuf) -> Migrator {
-    Migrator::new(dir.as_path()).await.unwrap()
+async fn application(dir: &std::path::Path) -> Migrator {
+    Migrator::new(dir).await.unwrap()
 }
 
 async fn framework_versions(pool: &PgPool) -> Vec<i64> {
