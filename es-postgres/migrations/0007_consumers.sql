@@ -27,3 +27,11 @@ ALTER TABLE es_dead_letters
 -- order in which retries go.
 CREATE INDEX es_dead_letters_open ON es_dead_letters (projection, generation, stream_id, stream_version)
     WHERE state = 'open';
+
+-- Letters parked before this migration were parked under the old rule: the later events of
+-- their streams were applied around them. Open, they would now hold their streams (and a retry
+-- would apply them after their successors): close them, kept for the record.
+UPDATE es_dead_letters
+SET state = 'skipped', resolved_at = now(), resolved_by = 'migration 0007',
+    reason = 'parked before migration 0007, when the later events of its stream were applied around it'
+WHERE state = 'open';

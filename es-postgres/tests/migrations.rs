@@ -147,3 +147,40 @@ async fn an_applied_migration_that_was_edited_is_refused() {
     .unwrap();
     es_postgres::migrate(&db.pool).await.unwrap();
 }
+
+#[tokio::test]
+async fn letters_parked_under_the_old_rule_are_closed_by_0007() {
+    let db = TestDatabase::empty(4).await;
+    // A database of the release before 0007, migrated the old way (sqlx's shared table).
+    let before = Migrator {
+        migrations: std::borrow::Cow::Owned(
+            es_postgres::MIGRATOR
+                .iter()
+                .filter(|m| m.version < 7)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    };
+    before.run(&db.pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO es_dead_letters (projection, generation, global_position, stream_id,
+             stream_version, event_type, schema_version, error)
+         VALUES ('deals', 1, 42, 'deal-1', 3, 'Closed', 1, 'old')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    es_postgres::migrate(&db.pool).await.unwrap();
+    assert_eq!(framework_versions(&db.pool).await, embedded());
+    let (state, cause, resolved_by): (String, String, String) =
+        sqlx::query_as("SELECT state, cause, resolved_by FROM es_dead_letters")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), cause.as_str(), resolved_by.as_str()),
+        ("skipped", "failed", "migration 0007"),
+        "an old letter does not hold its stream"
+    );
+}

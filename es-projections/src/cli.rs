@@ -126,7 +126,8 @@ enum Command {
         wait_secs: u64,
     },
     /// Give up on one dead letter, with a reason (kept with it); the events held behind it in
-    /// its stream are then delivered.
+    /// its stream are then delivered, unless another failed letter of the stream stays before
+    /// them.
     Skip {
         /// The projection or consumer.
         name: String,
@@ -419,6 +420,13 @@ async fn act(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     print!("{}", letters_table(&letters));
+    if letters.len() < ids.len() {
+        println!(
+            "{} letter(s) are gone: a rebuild reset the generation they belonged to",
+            ids.len() - letters.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     let open = letters
         .iter()
         .filter(|l| l.state == LetterState::Open)

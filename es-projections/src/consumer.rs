@@ -62,8 +62,9 @@ pub struct ConsumerContext<'a> {
     pub generation: i32,
     /// Streams with an open dead letter: their later events must wait behind it, in order.
     pub blocked: &'a mut HashSet<StreamId>,
-    /// Keeps the lease alive during a long batch (retries with backoff). Call it between
-    /// attempts; false means the lease was lost and the batch must stop.
+    /// Keeps the lease alive during a long batch: call [`KeepAlive::renew_if_due`] before each
+    /// event and run long work through [`keeping_alive`]; false means the lease was lost and the
+    /// batch must stop.
     pub keep_alive: &'a mut (dyn KeepAlive + Send),
     /// Events parked by this batch: written with its checkpoint, in the same transaction.
     pub parked: Vec<ParkedEvent>,
@@ -80,6 +81,30 @@ pub trait KeepAlive {
 
     /// Whether the lease was found lost: the batch's checkpoint will not be written.
     fn lost(&self) -> bool;
+
+    /// How often to renew while one piece of work (a reaction, a backoff) takes long: a third
+    /// of the lease.
+    fn period(&self) -> Duration;
+}
+
+/// Runs `work` while renewing the lease every [`KeepAlive::period`]; `None` when the lease was
+/// lost meanwhile (the work is dropped: delivery is at least once, it comes again).
+pub async fn keeping_alive<T>(
+    keep_alive: &mut (dyn KeepAlive + Send),
+    work: impl std::future::Future<Output = T>,
+) -> Result<Option<T>, ProjectionError> {
+    tokio::pin!(work);
+    loop {
+        let period = keep_alive.period();
+        tokio::select! {
+            done = &mut work => return Ok(Some(done)),
+            _ = tokio::time::sleep(period) => {
+                if !keep_alive.renew_if_due().await? {
+                    return Ok(None);
+                }
+            }
+        }
+    }
 }
 
 /// A consumer with its event type erased, so that a worker runs reactors and publishers beside

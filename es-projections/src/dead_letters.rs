@@ -9,7 +9,8 @@
 //!
 //! **An operator acts through requests**: [`request`] marks letters to retry or skip (with a
 //! reason), and the one process holding the lease carries them out, so a retry never races the
-//! worker that applies new events, and never runs twice. `retry` of one letter also retries the
+//! worker that applies new events. (A consumer's retry is a delivery like any other: at least
+//! once, when a process dies between the effect and closing the letter.) `retry` of one letter also retries the
 //! open letters before it in its stream (they go first); a held letter is retried by itself
 //! once nothing failed is open before it in its stream (it only waited). A letter is never
 //! deleted by these actions: it is closed as `retried` or `skipped`, with who did it and when.
@@ -422,6 +423,7 @@ pub struct CarriedOut {
 pub(crate) async fn carry_out(
     pool: &PgPool,
     lease: &Lease,
+    ttl: std::time::Duration,
     redeliver: &dyn Redeliver,
 ) -> Result<Option<CarriedOut>, ProjectionError> {
     let rows = sqlx::query(include_str!("sql/dead_letter_open.sql"))
@@ -435,7 +437,16 @@ pub(crate) async fn carry_out(
         .collect::<Result<Vec<_>, _>>()?;
     let mut done = CarriedOut::default();
     let mut stopped_stream: Option<&StreamId> = None;
+    let mut renewed = std::time::Instant::now();
     for letter in &letters {
+        // Many letters take long: keep the lease, or a standby would take it and deliver them
+        // too.
+        if renewed.elapsed() >= ttl / 3 {
+            if !checkpoint::renew(pool, lease, ttl).await? {
+                return Ok(None);
+            }
+            renewed = std::time::Instant::now();
+        }
         let requested = letter.requested.as_ref().map(|(a, _)| *a);
         // A skip delivers nothing, so it need not wait for the letters before it.
         if stopped_stream == Some(&letter.event.stream) && requested != Some(Action::Skip) {

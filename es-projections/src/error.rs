@@ -70,7 +70,7 @@ pub enum ProjectionError {
     },
     /// The projection stopped on an error (shown by `status`) and will not move until it is fixed
     /// and a worker restarted.
-    #[error("projection {projection} has stopped on an error: {error}")]
+    #[error("{projection} has stopped on an error: {error}")]
     Failed {
         /// The projection.
         projection: String,
@@ -81,7 +81,7 @@ pub enum ProjectionError {
     #[error("projection {0} has no checkpoint yet: run a worker or a rebuild first")]
     NoCheckpoint(String),
     /// No projection of that name is registered with this binary.
-    #[error("no projection named {0} is registered")]
+    #[error("no projection, reactor or publisher named {0} is registered")]
     UnknownProjection(String),
     /// A name is invalid.
     #[error(transparent)]

@@ -7,7 +7,8 @@
 //!   name (one event may trigger several commands), fingerprinted by the command. A delivery
 //!   after a crash executes the same command with the same key: the store writes nothing and
 //!   returns the first outcome (`CommandOutcome::replayed`). So there is exactly one command's
-//!   events per triggering event, at whatever instant the process died;
+//!   events per triggering event and step, at whatever instant the process died, within the
+//!   key's retention (see below for what lasts longer);
 //! - metadata with the causation id set to the triggering event's id and the correlation id
 //!   carried along (the trigger's own, or its id when it has none), so that the log shows which
 //!   event caused which and what one request set off.
@@ -17,8 +18,12 @@
 //! meanwhile). Record each decision in the process's own state (an event-sourced aggregate of
 //! its own, which survives restarts), and decide from that state first: see
 //! `examples/src/wire.rs`. Keys are kept for the store's idempotency retention (one day by
-//! default, `PgEventStore::with_idempotency_retention`): longer than any outage after which the
-//! manager resumes, or a redelivered batch would execute its commands again.
+//! default, `PgEventStore::with_idempotency_retention`). A delivery can come later than that (a
+//! dead letter retried days later): before executing, look in the target stream for an event
+//! whose causation id is the trigger's (the log keeps it forever), as the wire example does.
+//! A refusal leaves no key: two deliveries running at once (a process paused past its lease
+//! while a standby took over) may decide differently; a domain that must exclude that records
+//! refusals as events.
 
 use es_core::{CommandOptions, EventEnvelope, IdempotencyKey, Metadata, RepositoryError};
 use serde::Serialize;

@@ -10,7 +10,9 @@
 //!   unique key in the table the effect writes, an `Idempotency-Key` header, a broker's message
 //!   id, or a command's [`IdempotencyKey`](es_core::IdempotencyKey).
 //! - **Retries**: a [`ReactionError::Transient`] is retried with a doubling backoff
-//!   ([`RetryPolicy`]), the lease kept alive meanwhile; a [`ReactionError::Permanent`] is not.
+//!   ([`RetryPolicy`]); a [`ReactionError::Permanent`] is not. The lease is renewed before each
+//!   event and every third of its length while a reaction or a backoff runs, so a slow batch
+//!   keeps it; a reaction under a lease found lost is dropped (it is delivered again).
 //! - **Dead letters**: after the last attempt (or at once when permanent, or when the event
 //!   cannot be decoded) the event is parked in `es_dead_letters`, never skipped; later events of
 //!   its stream are parked behind it, in order. Then the reactor goes on with the other streams,
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use es_core::{BoxError, DomainEvent, EventEnvelope, RecordedEvent, StreamId};
 
-use crate::consumer::{ConsumerContext, ConsumerKind, DynConsumer, RetryPolicy};
+use crate::consumer::{keeping_alive, ConsumerContext, ConsumerKind, DynConsumer, RetryPolicy};
 use crate::dead_letters::{self, Cause, ParkedEvent};
 use crate::engine::BatchOutcome;
 use crate::error::ProjectionError;
@@ -112,8 +114,11 @@ pub enum OnFailure {
     /// Go on with the other streams; the event's stream waits behind its dead letter (default).
     #[default]
     Continue,
-    /// Stop the reactor (recorded as failed, shown by `status`): the rest of the batch is
-    /// parked behind the letter, and a worker restart or a retry from the CLI goes on.
+    /// Stop the reactor in this process (recorded as failed, shown by `status`): the rest of the
+    /// batch is parked behind the letter. It stays stopped until a worker process starts (which
+    /// takes failed ones up again) or a `retry` from the CLI takes it up; then the letters the
+    /// stop held (those with no failed letter before them) are delivered by themselves, and the
+    /// failed one waits for the operator.
     Stop,
 }
 
@@ -168,9 +173,16 @@ impl<R: Reactor> Erased<R> {
         let policy = &self.options.retry;
         let mut attempt = 1u32;
         loop {
-            let error = match self.reactor.react(envelope, attempt).await {
-                Ok(()) => return Ok(None),
-                Err(error) => error,
+            // Renewed before and during the reaction: a batch of slow reactions must not let
+            // the lease expire under it (a standby would take it and react to the same events).
+            if !context.keep_alive.renew_if_due().await? {
+                return Ok(None);
+            }
+            let reaction = self.reactor.react(envelope, attempt);
+            let error = match keeping_alive(&mut *context.keep_alive, reaction).await? {
+                None => return Ok(None),
+                Some(Ok(())) => return Ok(None),
+                Some(Err(error)) => error,
             };
             let last = attempt >= policy.max_attempts.max(1);
             if matches!(error, ReactionError::Permanent(_)) || last {
@@ -184,8 +196,10 @@ impl<R: Reactor> Erased<R> {
             }
             let pause = policy.backoff(attempt);
             tracing::info!(reactor = name, stream = %event.stream, position = %event.position, attempt, %error, ?pause, "reaction failed; retrying");
-            tokio::time::sleep(pause).await;
-            if !context.keep_alive.renew_if_due().await? {
+            if keeping_alive(&mut *context.keep_alive, tokio::time::sleep(pause))
+                .await?
+                .is_none()
+            {
                 return Ok(None);
             }
             attempt += 1;

@@ -252,8 +252,15 @@ impl Worker {
         let mut task =
             ProjectionTask::new(self, unit, watch::channel(false).1, watch::channel(0).1);
         let done = task.carry_out(&lease).await;
-        checkpoint::release(&self.pool, &lease).await?;
-        Ok(done?.or(Some(CarriedOut::default())))
+        let released = checkpoint::release(&self.pool, &lease).await;
+        match done? {
+            Some(done) => {
+                released?;
+                Ok(Some(done))
+            }
+            // Lost on the way: another process holds the lease now and carries on.
+            None => Ok(None),
+        }
     }
 
     /// Runs every projection until `shutdown` completes; see [`Worker::run_only`].
@@ -518,7 +525,8 @@ impl ProjectionTask {
                     tables: &tables,
                     upcasters: &self.upcasters,
                 };
-                dead_letters::carry_out(&self.pool, lease, &redelivery).await?
+                dead_letters::carry_out(&self.pool, lease, self.config.lease_ttl, &redelivery)
+                    .await?
             }
             Unit::Consumer(consumer) => {
                 let redelivery = ConsumerRedelivery {
@@ -527,7 +535,8 @@ impl ProjectionTask {
                     upcasters: &self.upcasters,
                     ttl: self.config.lease_ttl,
                 };
-                dead_letters::carry_out(&self.pool, lease, &redelivery).await?
+                dead_letters::carry_out(&self.pool, lease, self.config.lease_ttl, &redelivery)
+                    .await?
             }
         };
         if let Some(done) = &done {
@@ -751,6 +760,10 @@ impl KeepAlive for LeaseKeeper<'_> {
 
     fn lost(&self) -> bool {
         self.lost
+    }
+
+    fn period(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(1))
     }
 }
 

@@ -39,6 +39,8 @@ struct Behaviour {
     hang_after: Mutex<Option<i64>>,
     /// Told when it hangs.
     hung: tokio::sync::Notify,
+    /// How long each reaction takes.
+    slow: Duration,
 }
 
 struct Effects {
@@ -90,6 +92,7 @@ impl Reactor for Effects {
         .execute(&self.pool)
         .await
         .map_err(ReactionError::transient)?;
+        tokio::time::sleep(self.behaviour.slow).await;
         let hang = *self.behaviour.hang_after.lock().unwrap();
         if hang == Some(event.global_position.0) {
             self.behaviour.hung.notify_one();
@@ -575,4 +578,36 @@ async fn a_worker_starting_while_another_creates_the_checkpoint_row_goes_on() {
     assert!(!running.is_finished());
     running.stop().await;
     assert_eq!(effects(&db.pool).await, (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_slower_than_the_lease_keeps_it_and_a_standby_waits() {
+    let db = TestDatabase::create().await;
+    effect_tables(&db.pool).await;
+    let store = PgEventStore::new(db.pool.clone());
+    for n in 1..=12 {
+        append(&store, "a", "Counted", n).await;
+    }
+    // 12 reactions of 150 ms in one batch: 1.8 s, three lease lengths.
+    let behaviour = Arc::new(Behaviour {
+        slow: Duration::from_millis(150),
+        ..Behaviour::default()
+    });
+    let short_lease = |owner: &str| {
+        let mut config = fast_config(owner);
+        config.lease_ttl = Duration::from_millis(600);
+        worker(&db, &behaviour, ReactorOptions::default(), owner).with_config(config)
+    };
+    let first = spawn(short_lease("first"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let standby = spawn(short_lease("standby"));
+    wait_caught_up(&db.pool, "effects", Duration::from_secs(30)).await;
+    first.stop().await;
+    standby.stop().await;
+    assert_eq!(effects(&db.pool).await, (12, 0));
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM deliveries").await,
+        12,
+        "no event delivered twice: the standby never took the lease mid-batch"
+    );
 }

@@ -4,12 +4,23 @@
 //! services (or two banks): the [`WireProcess`] manager reacts to each step's event with the
 //! next command.
 //!
+//! What makes it exactly once in effect, step by step: the record of a step on the wire is the
+//! last thing a reaction does, so a delivery whose trigger the wire has passed does nothing; an
+//! account command already caused by the trigger (found in the account's stream by its
+//! causation id, which the log keeps forever) is not executed again; and a command racing
+//! another delivery of the same trigger is deduplicated by its idempotency key. One case is
+//! left, and it belongs to the domain: a refusal writes nothing, so two deliveries running at
+//! once (a process paused past its lease while a standby took over) may decide one refused and
+//! one accepted. A domain that must exclude that records refusals as events of the account
+//! (`DepositRefused`), which the key then replays.
+//!
 //! The process's state is an event-sourced aggregate of its own, [`Wire`] (stream
 //! `wire-<id>`), so it survives restarts: each step's outcome is recorded on the wire before the
 //! next step starts. Each command the manager executes carries an idempotency key made of the
 //! triggering event's id and the step ([`Trigger::options`]), so a delivery after a crash
 //! (between the account command and the wire's record, or before the checkpoint) executes
-//! nothing twice: exactly one command's events per triggering event.
+//! nothing twice: exactly one command's events per triggering event (see below for the one
+//! case this needs the domain's help with).
 
 use std::sync::Arc;
 
@@ -267,6 +278,20 @@ impl WireProcess {
             AccountCommand::Deposit { amount } | AccountCommand::Withdraw { amount } => *amount,
             AccountCommand::Open { .. } => 0,
         };
+        // The log keeps what the idempotency key keeps only for its retention: an account event
+        // caused by this trigger means the step is done, however late the delivery comes (a
+        // dead letter retried days later).
+        let caused = self
+            .accounts
+            .store()
+            .read_stream(&stream, StreamVersion(0), None)
+            .await
+            .map_err(ReactionError::transient)?
+            .iter()
+            .any(|e| e.metadata.causation_id == Some(trigger.event_id()));
+        if caused {
+            return Ok(Ok(()));
+        }
         let description = (step, account, amount);
         let options = trigger.options(step, &description)?;
         match self.accounts.execute_with(&stream, command, options).await {

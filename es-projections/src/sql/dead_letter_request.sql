@@ -11,7 +11,9 @@ WITH live AS (
       AND state = 'open' AND global_position = $5
 )
 UPDATE es_dead_letters d
-SET requested = $2, requested_by = $3, requested_at = clock_timestamp(),
+-- A retry never overrides a skip asked for before it.
+SET requested = CASE WHEN $2 = 'retry' AND d.requested = 'skip' THEN 'skip' ELSE $2 END,
+    requested_by = $3, requested_at = clock_timestamp(),
     reason = coalesce($4, d.reason)
 WHERE d.projection = $1 AND d.generation = (SELECT generation FROM live) AND d.state = 'open'
   AND CASE
