@@ -30,6 +30,7 @@
 
 mod append;
 mod commit;
+pub mod connect;
 pub mod error;
 mod event_types;
 pub mod group_commit;
@@ -44,6 +45,7 @@ mod uniques;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use connect::{connect, ConnectError};
 pub use group_commit::GroupCommit;
 pub use log_reader::{log_head, read_at, read_batch, Hole, Horizon, LogBatch, LogCursor};
 pub use notify::{listen, NOTIFY_CHANNEL};

@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use es_core::{GlobalPosition, StreamId};
@@ -60,11 +59,12 @@ enum Command {
         /// Events per transaction.
         #[arg(long, default_value_t = 500)]
         batch_size: usize,
-        /// Poll interval in milliseconds when no notification arrives.
-        #[arg(long, default_value_t = 500)]
+        /// Poll interval in milliseconds when no notification arrives (at least 1).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
         poll_ms: u64,
-        /// Lease length in milliseconds: a standby takes over this long after the holder dies.
-        #[arg(long, default_value_t = 10_000)]
+        /// Lease length in milliseconds: a standby takes over this long after the holder dies
+        /// (at least 100: the holder renews it every third).
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
         lease_ms: u64,
         /// Park events that cannot be decoded or applied in es_dead_letters instead of stopping.
         #[arg(long)]
@@ -190,11 +190,7 @@ async fn execute(
     cli: Cli,
     build: impl FnOnce(PgPool) -> Result<Worker, ProjectionError>,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let pool = PgPoolOptions::new()
-        .max_connections(16)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(&cli.database_url)
-        .await?;
+    let pool = es_postgres::connect(&cli.database_url, 16, Duration::from_secs(5)).await?;
     es_postgres::migrate(&pool).await?;
     let worker = build(pool.clone())?;
     match cli.command {

@@ -232,3 +232,48 @@ async fn dead_letters_are_listed_retried_and_skipped_through_the_binary() {
     let open = deal_worker(&db.url, &["dead-letters"]);
     assert!(text(&open).contains("no dead letters"), "{}", text(&open));
 }
+
+/// What the binaries print for people: `--help` never shows the database password, a zero poll
+/// interval is refused by name, and an error is a sentence with its causes, not a Debug dump.
+#[test]
+fn binaries_print_for_people_and_never_a_secret() {
+    let secret_url = "postgres://app:s3cret-pw@127.0.0.1:1/app";
+    for binary in [
+        env!("CARGO_BIN_EXE_deal-worker"),
+        env!("CARGO_BIN_EXE_deal-load"),
+        env!("CARGO_BIN_EXE_demo"),
+    ] {
+        let help = Command::new(binary)
+            .arg("--help")
+            .env("DATABASE_URL", secret_url)
+            .env("NATS_URL", "nats://user:s3cret-pw@127.0.0.1:1")
+            .output()
+            .unwrap();
+        assert!(help.status.success(), "{binary}: {}", text(&help));
+        assert!(!text(&help).contains("s3cret"), "{binary}: {}", text(&help));
+    }
+    let zero = Command::new(env!("CARGO_BIN_EXE_deal-worker"))
+        .args(["run", "--poll-ms", "0"])
+        .env("DATABASE_URL", secret_url)
+        .output()
+        .unwrap();
+    assert!(!zero.status.success());
+    assert!(text(&zero).contains("--poll-ms"), "{}", text(&zero));
+    let down = Command::new(env!("CARGO_BIN_EXE_deal-load"))
+        .env("DATABASE_URL", secret_url)
+        .output()
+        .unwrap();
+    assert!(!down.status.success());
+    let printed = text(&down);
+    assert!(
+        printed.starts_with(
+            "deal-load: cannot connect to 127.0.0.1:1 (database app): connection refused"
+        ),
+        "{printed}"
+    );
+    assert!(!printed.contains("s3cret"), "{printed}");
+    assert!(
+        !printed.contains("Error: ") && !printed.contains(" { "),
+        "no Debug dump: {printed}"
+    );
+}

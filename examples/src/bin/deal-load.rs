@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[command(name = "deal-load")]
 struct Args {
     /// The database.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// How many deals.
     #[arg(long, default_value_t = 2000)]
@@ -27,12 +27,33 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // For people: the error and its causes, never a Debug dump.
+            eprintln!("deal-load: {error}");
+            let mut cause = error.source();
+            while let Some(c) = cause {
+                eprintln!("  caused by: {c}");
+                cause = c.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(args.concurrency as u32 + 2)
-        .connect(&args.database_url)
-        .await?;
+    let connections = u32::try_from(args.concurrency)
+        .unwrap_or(u32::MAX)
+        .saturating_add(2);
+    let pool = es_postgres::connect(
+        &args.database_url,
+        connections,
+        std::time::Duration::from_secs(5),
+    )
+    .await?;
     es_postgres::migrate(&pool).await?;
     let options = LoadOptions {
         deals: args.deals,

@@ -42,7 +42,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 #[command(name = "demo")]
 struct Args {
     /// The database.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// How many deals.
     #[arg(long, default_value_t = 2000)]
@@ -59,7 +59,23 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // For people: the error and its causes, never a Debug dump.
+            eprintln!("demo: {error}");
+            let mut cause = error.source();
+            while let Some(c) = cause {
+                eprintln!("  caused by: {c}");
+                cause = c.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Error> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -67,10 +83,7 @@ async fn main() -> Result<(), Error> {
         )
         .init();
     let args = Args::parse();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(20)
-        .connect(&args.database_url)
-        .await?;
+    let pool = es_postgres::connect(&args.database_url, 20, Duration::from_secs(5)).await?;
     es_postgres::migrate(&pool).await?;
     if !args.skip_bank {
         bank(&pool).await?;
