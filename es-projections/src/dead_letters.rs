@@ -425,6 +425,7 @@ pub(crate) async fn carry_out(
     lease: &Lease,
     ttl: std::time::Duration,
     redeliver: &dyn Redeliver,
+    stopping: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<CarriedOut>, ProjectionError> {
     let rows = sqlx::query(include_str!("sql/dead_letter_open.sql"))
         .bind(&lease.name)
@@ -439,6 +440,11 @@ pub(crate) async fn carry_out(
     let mut stopped_stream: Option<&StreamId> = None;
     let mut renewed = std::time::Instant::now();
     for letter in &letters {
+        // A shutdown ends the pass between letters: what is left stays requested (or held),
+        // for the next lease holder.
+        if stopping() {
+            break;
+        }
         // Many letters take long: keep the lease, or a standby would take it and deliver them
         // too.
         if renewed.elapsed() >= ttl / 3 {

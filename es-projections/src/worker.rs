@@ -516,6 +516,7 @@ impl ProjectionTask {
 
     /// Carries out the dead-letter requests under `lease`; None when it was lost.
     async fn carry_out(&mut self, lease: &Lease) -> Result<Option<CarriedOut>, ProjectionError> {
+        let stop = self.stop.clone();
         let done = match self.unit.clone() {
             Unit::Projection(projector) => {
                 let tables = Tables::new(projector.tables(), lease.generation)?;
@@ -525,8 +526,14 @@ impl ProjectionTask {
                     tables: &tables,
                     upcasters: &self.upcasters,
                 };
-                dead_letters::carry_out(&self.pool, lease, self.config.lease_ttl, &redelivery)
-                    .await?
+                dead_letters::carry_out(
+                    &self.pool,
+                    lease,
+                    self.config.lease_ttl,
+                    &redelivery,
+                    &|| *stop.borrow(),
+                )
+                .await?
             }
             Unit::Consumer(consumer) => {
                 let redelivery = ConsumerRedelivery {
@@ -535,8 +542,14 @@ impl ProjectionTask {
                     upcasters: &self.upcasters,
                     ttl: self.config.lease_ttl,
                 };
-                dead_letters::carry_out(&self.pool, lease, self.config.lease_ttl, &redelivery)
-                    .await?
+                dead_letters::carry_out(
+                    &self.pool,
+                    lease,
+                    self.config.lease_ttl,
+                    &redelivery,
+                    &|| *stop.borrow(),
+                )
+                .await?
             }
         };
         if let Some(done) = &done {
