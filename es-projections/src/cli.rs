@@ -175,12 +175,7 @@ where
     match execute(cli, build).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("{binary}: {error}");
-            let mut source = error.source();
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
+            report_error(binary, error.as_ref());
             ExitCode::FAILURE
         }
     }
@@ -370,6 +365,17 @@ async fn execute(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints `error` for a person on stderr: `binary: error`, then each cause on a line of its own;
+/// never a `Debug` dump. For binaries' own errors outside [`main`] too.
+pub fn report_error(binary: &str, error: &(dyn std::error::Error + 'static)) {
+    eprintln!("{binary}: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+}
+
 /// Who asks, as recorded with a request.
 fn operator() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
@@ -485,28 +491,7 @@ fn letters_table(letters: &[DeadLetter]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = line(&header.map(String::from)) + "\n";
-    for row in &rows {
-        out += &line(row);
-        out += "\n";
-    }
-    out
+    crate::table::render(header, &rows)
 }
 
 /// Completes on SIGINT or SIGTERM.

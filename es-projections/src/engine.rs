@@ -334,7 +334,7 @@ impl<P: Projector> DynProjector for Erased<P> {
 pub(crate) struct ProjectionRedelivery<'a> {
     pub pool: &'a sqlx::PgPool,
     pub projector: &'a dyn DynProjector,
-    pub tables: &'a Tables,
+    pub tables: Tables,
     pub upcasters: &'a Upcasters,
 }
 
@@ -356,7 +356,7 @@ impl Redeliver for ProjectionRedelivery<'_> {
             .projector
             .apply_batch(
                 &mut tx,
-                self.tables,
+                &self.tables,
                 self.upcasters,
                 vec![event],
                 ErrorPolicy::Stop,

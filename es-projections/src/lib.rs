@@ -70,6 +70,7 @@ pub mod read_ahead;
 pub mod rebuild;
 pub mod state_source;
 pub mod status;
+mod table;
 pub mod verify;
 pub mod views;
 pub mod wait;

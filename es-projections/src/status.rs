@@ -187,24 +187,7 @@ impl fmt::Display for Status {
                 ]
             })
             .collect();
-        let mut widths = header.map(str::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        let line = |cells: &[String]| {
-            cells
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        writeln!(f, "{}", line(&header.map(String::from)))?;
-        for row in &rows {
-            writeln!(f, "{}", line(row))?;
-        }
+        f.write_str(&crate::table::render(header, &rows))?;
         for p in &self.projections {
             if let Some((error, at)) = &p.last_error {
                 writeln!(

@@ -517,41 +517,27 @@ impl ProjectionTask {
     /// Carries out the dead-letter requests under `lease`; None when it was lost.
     async fn carry_out(&mut self, lease: &Lease) -> Result<Option<CarriedOut>, ProjectionError> {
         let stop = self.stop.clone();
-        let done = match self.unit.clone() {
-            Unit::Projection(projector) => {
-                let tables = Tables::new(projector.tables(), lease.generation)?;
-                let redelivery = ProjectionRedelivery {
-                    pool: &self.pool,
-                    projector: projector.as_ref(),
-                    tables: &tables,
-                    upcasters: &self.upcasters,
-                };
-                dead_letters::carry_out(
-                    &self.pool,
-                    lease,
-                    self.config.lease_ttl,
-                    &redelivery,
-                    &|| *stop.borrow(),
-                )
-                .await?
-            }
-            Unit::Consumer(consumer) => {
-                let redelivery = ConsumerRedelivery {
-                    pool: &self.pool,
-                    consumer: consumer.as_ref(),
-                    upcasters: &self.upcasters,
-                    ttl: self.config.lease_ttl,
-                };
-                dead_letters::carry_out(
-                    &self.pool,
-                    lease,
-                    self.config.lease_ttl,
-                    &redelivery,
-                    &|| *stop.borrow(),
-                )
-                .await?
-            }
+        let unit = self.unit.clone();
+        let redelivery: Box<dyn Redeliver + '_> = match &unit {
+            Unit::Projection(projector) => Box::new(ProjectionRedelivery {
+                pool: &self.pool,
+                projector: projector.as_ref(),
+                tables: Tables::new(projector.tables(), lease.generation)?,
+                upcasters: &self.upcasters,
+            }),
+            Unit::Consumer(consumer) => Box::new(ConsumerRedelivery {
+                pool: &self.pool,
+                consumer: consumer.as_ref(),
+                upcasters: &self.upcasters,
+                ttl: self.config.lease_ttl,
+            }),
         };
+        let ttl = self.config.lease_ttl;
+        let done = dead_letters::carry_out(&self.pool, lease, ttl, redelivery.as_ref(), &|| {
+            *stop.borrow()
+        })
+        .await?;
+        drop(redelivery);
         if let Some(done) = &done {
             info!(
                 projection = self.name(),

@@ -87,6 +87,32 @@ fn worker(pool: &PgPool, owner: &str, hook: Option<StepHook>) -> Worker {
         })
 }
 
+/// A worker running in a task until [`Running::stop`].
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), es_projections::ProjectionError>>,
+}
+
+impl Running {
+    fn start(worker: Worker) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self { stop, task }
+    }
+
+    /// Shuts it down and asserts it ran without error.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 async fn wait_for_state(bank: &Bank, wire: &str, state: WireState) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -133,17 +159,9 @@ async fn a_wire_debits_then_credits_with_causation_and_correlation_chained() {
     open(&bank, "account-b", 0).await;
     let correlation = request(&bank, "wire-1", "account-a", "account-b", 30).await;
     let worker = worker(&db.pool, "pm", None);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = Running::start(worker);
     wait_for_state(&bank, "wire-1", WireState::Completed).await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     assert_eq!(
         (
             balance(&bank, "account-a").await,
@@ -186,18 +204,10 @@ async fn a_refused_credit_is_refunded_and_a_refused_debit_moves_nothing() {
     request(&bank, "wire-1", "account-a", "account-closed", 40).await;
     request(&bank, "wire-2", "account-a", "account-closed", 500).await;
     let worker = worker(&db.pool, "pm", None);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = Running::start(worker);
     wait_for_state(&bank, "wire-1", WireState::Refunded).await;
     wait_for_state(&bank, "wire-2", WireState::DebitRefused).await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     assert_eq!(balance(&bank, "account-a").await, 100);
     let types: Vec<String> = events(&db.pool, "account-a")
         .await
@@ -255,14 +265,7 @@ async fn killed_at(step: &'static str, version: u64, keys_expire: bool) {
     }
 
     let standby = worker(&db.pool, "standby", None);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        standby
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = Running::start(standby);
     wait_for_state(&bank, "wire-1", WireState::Completed).await;
     // Let the standby go over the log once more: nothing new may come of it.
     let head: i64 = sqlx::query_scalar("SELECT max(global_position) FROM es_events")
@@ -277,8 +280,7 @@ async fn killed_at(step: &'static str, version: u64, keys_expire: bool) {
     )
     .await
     .unwrap();
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     let count = |stream: &'static str, kind: &'static str| {
         let pool = db.pool.clone();

@@ -31,13 +31,7 @@ async fn main() -> std::process::ExitCode {
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            // For people: the error and its causes, never a Debug dump.
-            eprintln!("deal-load: {error}");
-            let mut cause = error.source();
-            while let Some(c) = cause {
-                eprintln!("  caused by: {c}");
-                cause = c.source();
-            }
+            es_projections::cli::report_error("deal-load", error.as_ref());
             std::process::ExitCode::FAILURE
         }
     }

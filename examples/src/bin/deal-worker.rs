@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
             match JetStreamSink::connect(&url, JetStreamOptions::default()).await {
                 Ok(sink) => Some(sink),
                 Err(error) => {
-                    eprintln!("deal-worker: {error}");
+                    es_projections::cli::report_error("deal-worker", &error);
                     return ExitCode::FAILURE;
                 }
             }

@@ -63,13 +63,7 @@ async fn main() -> std::process::ExitCode {
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            // For people: the error and its causes, never a Debug dump.
-            eprintln!("demo: {error}");
-            let mut cause = error.source();
-            while let Some(c) = cause {
-                eprintln!("  caused by: {c}");
-                cause = c.source();
-            }
+            es_projections::cli::report_error("demo", error.as_ref());
             std::process::ExitCode::FAILURE
         }
     }
