@@ -47,7 +47,9 @@ pub mod testing;
 
 pub use connect::{connect, ConnectError};
 pub use group_commit::GroupCommit;
-pub use log_reader::{log_head, read_at, read_batch, Hole, Horizon, LogBatch, LogCursor};
+pub use log_reader::{
+    log_head, read_at, read_batch, streams_after, Hole, Horizon, LogBatch, LogCursor,
+};
 pub use notify::{listen, NOTIFY_CHANNEL};
 pub use store::PgEventStore;
 

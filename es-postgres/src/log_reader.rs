@@ -97,6 +97,7 @@ const READ_LOG: &str = include_str!("sql/read_log.sql");
 const HOLE_BOUND: &str = include_str!("sql/hole_bound.sql");
 const LOG_HEAD: &str = include_str!("sql/log_head.sql");
 const READ_AT: &str = include_str!("sql/read_at.sql");
+const STREAMS_AFTER: &str = include_str!("sql/streams_after.sql");
 
 /// The head of the log: the highest position of an event visible now (0 for an empty log).
 /// Events may still commit below it (see the module docs): it is a progress mark, not a cursor.
@@ -106,6 +107,26 @@ pub async fn log_head<'c>(conn: impl sqlx::PgExecutor<'c>) -> Result<GlobalPosit
         .await
         .map_err(|e| storage("reading the head of the log", e))?;
     Ok(GlobalPosition(head))
+}
+
+/// The streams of the next `limit` committed events after `after`, each with how many of them
+/// it has (unordered; ids as stored): how far behind a consumer that reads only some streams is, for `status`.
+/// Reads at most `limit` index entries and no payload.
+pub async fn streams_after<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    after: GlobalPosition,
+    limit: u32,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(STREAMS_AFTER)
+        .bind(after.0)
+        .bind(i64::from(limit))
+        .fetch_all(conn)
+        .await
+        .map_err(|e| storage("counting the events after a position", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, n)| (id, u64::try_from(n).unwrap_or(0)))
+        .collect())
 }
 
 /// The committed events at `positions`, in position order (positions with no event are left

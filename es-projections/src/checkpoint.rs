@@ -44,6 +44,29 @@ pub(crate) struct Lease {
     pub cursor: LogCursor,
     /// Its state when taken (`running` or `rebuilding`).
     pub state: String,
+    /// The version of the projector code the generation is built by.
+    pub code_version: i32,
+}
+
+/// What a generation is to its projection. Readers see the live one (through views); a shadow
+/// is being built or kept caught up beside it, ready for a switch; a retired one was live before
+/// the last switch and is kept caught up for a rollback until it is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Live,
+    Shadow,
+    Retired,
+}
+
+impl Role {
+    /// The stored name (`es_projections.role`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Live => "live",
+            Role::Shadow => "shadow",
+            Role::Retired => "retired",
+        }
+    }
 }
 
 fn millis(d: Duration) -> i64 {
@@ -78,6 +101,7 @@ fn lease_from(row: &PgRow, owner: &str) -> Result<Lease, ProjectionError> {
         owner: owner.to_string(),
         cursor: cursor_from(row)?,
         state: row.try_get("state")?,
+        code_version: row.try_get("code_version")?,
     })
 }
 
@@ -92,15 +116,18 @@ fn holes_json(cursor: &LogCursor) -> Result<serde_json::Value, ProjectionError> 
 }
 
 /// Creates the live row of a projection or consumer of `kind` (`projection`, `reactor`,
-/// `publisher`) if it has none yet; fails when the name's row is of another kind.
+/// `publisher`), built by `code_version`, if it has none yet; fails when the name's row is of
+/// another kind.
 pub(crate) async fn ensure_row(
     pool: &PgPool,
     name: &str,
     kind: &str,
+    code_version: i32,
 ) -> Result<(), ProjectionError> {
     let created: Option<String> = sqlx::query_scalar(include_str!("sql/ensure_row.sql"))
         .bind(name)
         .bind(kind)
+        .bind(code_version)
         .fetch_optional(pool)
         .await?;
     let stored = match created {
@@ -125,12 +152,14 @@ pub(crate) async fn ensure_row(
     Ok(())
 }
 
-/// Takes the live generation's lease if it is free, expired, or already ours. A failed
-/// projection is taken (and set running again) only when `retry_failed`; a projection being
-/// rebuilt is left to its rebuild.
+/// Takes the lease of the generation of `role` if it is free, expired, or already ours, and it
+/// is built by `code_version` (None: any, for consumers). A failed generation is taken (and set
+/// running again) only when `retry_failed`; one being rebuilt is left to its rebuild.
 pub(crate) async fn acquire(
     pool: &PgPool,
     name: &str,
+    role: Role,
+    code_version: Option<i32>,
     owner: &str,
     ttl: Duration,
     retry_failed: bool,
@@ -140,6 +169,8 @@ pub(crate) async fn acquire(
         .bind(owner)
         .bind(millis(ttl))
         .bind(retry_failed)
+        .bind(role.as_str())
+        .bind(code_version)
         .fetch_optional(pool)
         .await?;
     row.map(|r| lease_from(&r, owner)).transpose()
@@ -281,6 +312,13 @@ pub(crate) async fn record_failure(
     Ok(updated.rows_affected() == 1)
 }
 
+/// Every name that has a checkpoint row.
+pub(crate) async fn names(pool: &PgPool) -> Result<Vec<String>, ProjectionError> {
+    Ok(sqlx::query_scalar(include_str!("sql/names.sql"))
+        .fetch_all(pool)
+        .await?)
+}
+
 /// The live generation as read-your-writes sees it.
 pub(crate) struct LiveState {
     /// Where it stands.
@@ -316,11 +354,11 @@ pub(crate) async fn live_state(
 pub(crate) async fn lease_held(
     pool: &PgPool,
     name: &str,
-    role: &str,
+    role: Role,
 ) -> Result<ProjectionError, ProjectionError> {
     let row = sqlx::query(include_str!("sql/lease_holder.sql"))
         .bind(name)
-        .bind(role)
+        .bind(role.as_str())
         .fetch_optional(pool)
         .await?;
     let (owner, until, left) = match row {
@@ -344,85 +382,112 @@ pub(crate) async fn lease_held(
     })
 }
 
-/// Takes the live generation's lease for an in-place rebuild, fencing out live workers (see
-/// `sql/fence_for_rebuild.sql`); commits at once. None while another rebuild holds it.
-pub(crate) async fn fence_for_rebuild(
+/// Takes the lease of the generation of `role` for an operator's command, fencing out the worker
+/// applying it (see `sql/fence.sql`); commits at once. None when there is no such generation or
+/// a rebuild holds it.
+pub(crate) async fn fence(
     pool: &PgPool,
     name: &str,
+    role: Role,
     owner: &str,
     ttl: Duration,
 ) -> Result<Option<Lease>, ProjectionError> {
-    let row = sqlx::query(include_str!("sql/fence_for_rebuild.sql"))
+    let row = sqlx::query(include_str!("sql/fence.sql"))
         .bind(name)
         .bind(owner)
         .bind(millis(ttl))
+        .bind(role.as_str())
         .fetch_optional(pool)
         .await?;
     row.map(|r| lease_from(&r, owner)).transpose()
 }
 
-/// Zeroes the leased generation's checkpoint and ledger and marks it `rebuilding`, in the
-/// transaction that empties its tables. False when the lease was lost.
+/// Zeroes the leased generation's checkpoint and ledger and marks it `rebuilding` by
+/// `code_version`, in the transaction that empties its tables. False when the lease was lost.
 pub(crate) async fn reset_generation(
     conn: &mut PgConnection,
     lease: &Lease,
+    code_version: i32,
 ) -> Result<bool, ProjectionError> {
     let reset: i64 = sqlx::query_scalar(include_str!("sql/reset_generation.sql"))
         .bind(&lease.name)
         .bind(lease.generation)
         .bind(lease.epoch)
         .bind(&lease.owner)
+        .bind(code_version)
         .fetch_one(conn)
         .await?;
     Ok(reset == 1)
 }
 
-/// Whether the projection has a shadow generation.
-pub(crate) async fn has_shadow(pool: &PgPool, name: &str) -> Result<bool, ProjectionError> {
-    let row = sqlx::query(include_str!("sql/lease_holder.sql"))
-        .bind(name)
-        .bind("shadow")
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.is_some())
-}
-
-/// Creates the shadow generation if there is none and takes its lease; None while another
-/// rebuild holds it. Returns the lease and how many events the shadow had applied.
-pub(crate) async fn lease_shadow(
+/// Creates the next generation as a shadow built by `code_version`, unless there is one.
+pub(crate) async fn create_shadow(
     pool: &PgPool,
     name: &str,
-    owner: &str,
-    ttl: Duration,
-) -> Result<Option<(Lease, i64)>, ProjectionError> {
+    code_version: i32,
+) -> Result<(), ProjectionError> {
     sqlx::query(include_str!("sql/create_shadow.sql"))
         .bind(name)
+        .bind(code_version)
         .execute(pool)
         .await?;
-    let row = sqlx::query(include_str!("sql/lease_shadow.sql"))
-        .bind(name)
-        .bind(owner)
-        .bind(millis(ttl))
-        .fetch_optional(pool)
-        .await?;
-    row.map(|r| Ok((lease_from(&r, owner)?, r.try_get("events_applied")?)))
-        .transpose()
+    Ok(())
 }
 
-/// Whether `generation` is the live generation of `name`.
-pub(crate) async fn is_live(
+/// A generation as the blue/green commands see it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct GenerationRow {
+    pub generation: i32,
+    pub role: String,
+    pub state: String,
+    pub code_version: i32,
+    pub watermark: GlobalPosition,
+    pub events_applied: i64,
+    /// The holder of a current lease.
+    pub owner: Option<String>,
+}
+
+/// Every generation of `name`, oldest first.
+pub(crate) async fn generations(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Vec<GenerationRow>, ProjectionError> {
+    let rows = sqlx::query(include_str!("sql/generations.sql"))
+        .bind(name)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(GenerationRow {
+                generation: r.try_get("generation")?,
+                role: r.try_get("role")?,
+                state: r.try_get("state")?,
+                code_version: r.try_get("code_version")?,
+                watermark: GlobalPosition(r.try_get("watermark")?),
+                events_applied: r.try_get("events_applied")?,
+                owner: r.try_get("owner")?,
+            })
+        })
+        .collect()
+}
+
+/// Whether `generation` of `name` still has `role`.
+pub(crate) async fn has_role(
     conn: &mut PgConnection,
     name: &str,
     generation: i32,
+    role: Role,
 ) -> Result<bool, ProjectionError> {
-    Ok(sqlx::query_scalar(include_str!("sql/is_live.sql"))
+    Ok(sqlx::query_scalar(include_str!("sql/has_role.sql"))
         .bind(name)
         .bind(generation)
+        .bind(role.as_str())
         .fetch_one(conn)
         .await?)
 }
 
-/// Locks the live row for a switch (waiting for a live batch in flight); its generation.
+/// Locks the live row for a switch or a rollback (waiting for a live batch in flight); its
+/// generation.
 pub(crate) async fn lock_live(conn: &mut PgConnection, name: &str) -> Result<i32, ProjectionError> {
     Ok(sqlx::query_scalar(include_str!("sql/lock_live.sql"))
         .bind(name)
@@ -430,39 +495,47 @@ pub(crate) async fn lock_live(conn: &mut PgConnection, name: &str) -> Result<i32
         .await?)
 }
 
-/// Retires generation `old` and promotes the leased shadow, in the switch's transaction. False
-/// when the shadow's lease was lost.
-pub(crate) async fn promote(
+/// Turns live generation `old` into `to` and makes the leased generation (now of role `from`)
+/// live, in the transaction of a switch (`from` shadow, `to` retired) or a rollback (`from`
+/// retired, `to` shadow). False when the lease was lost.
+pub(crate) async fn swap_live(
     conn: &mut PgConnection,
     old: i32,
-    shadow: &Lease,
+    to: Role,
+    next: &Lease,
+    from: Role,
 ) -> Result<bool, ProjectionError> {
-    sqlx::query(include_str!("sql/retire.sql"))
-        .bind(&shadow.name)
+    // The old one first: at most one generation is live at any statement's end (a unique index).
+    sqlx::query(include_str!("sql/demote.sql"))
+        .bind(&next.name)
         .bind(old)
+        .bind(to.as_str())
         .execute(&mut *conn)
         .await?;
     let promoted = sqlx::query(include_str!("sql/promote.sql"))
-        .bind(&shadow.name)
-        .bind(shadow.generation)
-        .bind(shadow.epoch)
-        .bind(&shadow.owner)
+        .bind(&next.name)
+        .bind(next.generation)
+        .bind(next.epoch)
+        .bind(&next.owner)
+        .bind(from.as_str())
         .execute(&mut *conn)
         .await?;
     Ok(promoted.rows_affected() == 1)
 }
 
-/// Deletes the generations of `role` (`retired`, or an abandoned `shadow`) with their ledgers;
-/// returns their numbers so that their tables can be dropped.
+/// Deletes the generations of `role` (`retired`, or an abandoned `shadow`) but `except`, with
+/// their ledgers; returns their numbers so that their tables can be dropped.
 pub(crate) async fn delete_generations(
     conn: &mut PgConnection,
     name: &str,
-    role: &str,
+    role: Role,
+    except: Option<i32>,
 ) -> Result<Vec<i32>, ProjectionError> {
     Ok(
         sqlx::query_scalar(include_str!("sql/delete_generations.sql"))
             .bind(name)
-            .bind(role)
+            .bind(role.as_str())
+            .bind(except)
             .fetch_all(conn)
             .await?,
     )

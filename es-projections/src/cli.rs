@@ -1,5 +1,6 @@
-//! The command line of worker binaries: `run`, `status`, `verify`, `rebuild`, and the dead
-//! letters: `dead-letters`, `retry`, `skip`.
+//! The command line of worker binaries: `run`, `status`, `verify`, `rebuild`; blue/green:
+//! `compare`, `switch`, `rollback`, `drop-retired`; and the dead letters: `dead-letters`,
+//! `retry`, `skip`.
 //!
 //! This module is the binaries' front end, so unlike the rest of the library it prints for
 //! humans (the status table, a progress bar, the rebuild summary, errors); logs still go through
@@ -35,8 +36,9 @@ use es_core::{GlobalPosition, StreamId};
 use crate::dead_letters::{self, Action, DeadLetter, LetterState, Target};
 use crate::engine::ErrorPolicy;
 use crate::error::ProjectionError;
-use crate::rebuild::{abandon_shadow, rebuild_until, RebuildOptions};
-use crate::status::status;
+use crate::generations::{abandon_shadow, compare, drop_retired, rollback, switch, Switched};
+use crate::rebuild::{rebuild_until, RebuildOptions};
+use crate::status::{count_to_apply, status};
 use crate::verify::verify;
 use crate::worker::Worker;
 
@@ -79,13 +81,18 @@ enum Command {
         /// The projections to verify (all by default).
         names: Vec<String>,
     },
-    /// Reset a projection and replay the whole log (resumes an interrupted rebuild).
+    /// Reset a projection and replay the whole log (resumes an interrupted rebuild); or, with
+    /// --shadow, build the next generation beside the live one (blue/green).
     Rebuild {
         /// The projection.
         name: String,
-        /// Build the next generation beside the live one, then switch atomically.
+        /// Build the next generation beside the live one and stop short of the switch: workers
+        /// keep it caught up until `compare`, `switch` or `rebuild --abandon`.
         #[arg(long)]
         shadow: bool,
+        /// With --shadow: switch to the new generation as soon as it has caught up.
+        #[arg(long, requires = "shadow")]
+        switch: bool,
         /// Start over instead of resuming an interrupted rebuild.
         #[arg(long)]
         restart: bool,
@@ -93,11 +100,37 @@ enum Command {
         #[arg(long)]
         dead_letter: bool,
         /// Drop an unfinished shadow generation (its tables and checkpoint) instead of building.
-        #[arg(long, conflicts_with_all = ["restart", "dead_letter"])]
+        #[arg(long, conflicts_with_all = ["restart", "dead_letter", "switch"])]
         abandon: bool,
         /// Events per transaction.
         #[arg(long, default_value_t = 5000)]
         batch_size: usize,
+    },
+    /// Compare the live generation with the shadow (or the retired one): row counts, checksums
+    /// and a sample of differing rows; exits 1 when they differ.
+    Compare {
+        /// The projection.
+        name: String,
+        /// How many differing rows to show each way, per table.
+        #[arg(long, default_value_t = 5)]
+        sample: usize,
+    },
+    /// Make the shadow generation live, atomically; the live one is retired and kept (caught up)
+    /// for `rollback` until `drop-retired`.
+    Switch {
+        /// The projection.
+        name: String,
+    },
+    /// Make the retired generation live again, atomically; the live one becomes the shadow, so
+    /// that `switch` goes forward again.
+    Rollback {
+        /// The projection.
+        name: String,
+    },
+    /// Drop the retired generation (its tables and checkpoint): no rollback after this.
+    DropRetired {
+        /// The projection.
+        name: String,
     },
     /// List dead letters: the open ones of every projection and consumer, or of NAME.
     DeadLetters {
@@ -208,7 +241,11 @@ async fn execute(
             let worker = worker.with_config(config);
             worker.run_only(&projections, shutdown_signal()).await?;
         }
-        Command::Status => print!("{}", status(&pool).await?),
+        Command::Status => {
+            let mut status = status(&pool).await?;
+            count_to_apply(&worker, &mut status).await?;
+            print!("{status}");
+        }
         Command::Verify { names } => {
             let every = names.is_empty();
             let names: Vec<String> = if every {
@@ -245,8 +282,44 @@ async fn execute(
                 }
             }
             if !all_ok {
-                println!("verification failed: rebuild the projection (`rebuild NAME --shadow`) to repair it");
+                println!("verification failed: rebuild the projection (`rebuild NAME --shadow --switch`) to repair it");
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Compare { name, sample } => {
+            let comparison = compare(&worker, &name, sample).await?;
+            print!("{comparison}");
+            if !comparison.same() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Switch { name } => {
+            let switched = switch(&worker, &name).await?;
+            print_switched("switched", &switched);
+            println!(
+                "generation {} is retired and kept for `rollback {name}`; `drop-retired {name}` drops it",
+                switched.from
+            );
+        }
+        Command::Rollback { name } => {
+            let switched = rollback(&worker, &name).await?;
+            print_switched("rolled back", &switched);
+            println!(
+                "generation {} is the shadow now: `switch {name}` goes forward again, `rebuild {name} --abandon` drops it",
+                switched.from
+            );
+        }
+        Command::DropRetired { name } => {
+            let dropped = drop_retired(&worker, &name).await?;
+            match dropped.as_slice() {
+                [] => println!("{name} has no retired generation"),
+                gens => println!(
+                    "dropped the retired generation {} of {name}",
+                    gens.iter()
+                        .map(i32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             }
         }
         Command::DeadLetters { name, all } => {
@@ -298,23 +371,17 @@ async fn execute(
         Command::Rebuild {
             name,
             shadow,
+            switch,
             restart,
             dead_letter,
             batch_size,
             abandon: false,
         } => {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {msg} [{bar:40}] {pos}/{len} positions, {per_sec}, ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar.set_message(format!("rebuilding {name}"));
+            let bar = progress_bar(0, format!("rebuilding {name}"), "positions");
             let options = RebuildOptions {
                 batch_size,
                 shadow,
+                switch,
                 restart,
                 error_policy: if dead_letter {
                     ErrorPolicy::DeadLetter
@@ -358,11 +425,49 @@ async fn execute(
                         report.elapsed.as_secs_f64(),
                         report.applied as f64 / report.elapsed.as_secs_f64().max(1e-9),
                     );
+                    if !report.live {
+                        println!(
+                            "generation {} is the shadow: workers keep it caught up; `compare {name}` shows how it differs, `switch {name}` makes it live",
+                            report.generation
+                        );
+                    }
                 }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_switched(what: &str, s: &Switched) {
+    println!(
+        "{what} {}: generation {} is live (was {}; {} events applied under the switch's lock)",
+        s.projection, s.to, s.from, s.applied
+    );
+}
+
+/// A progress bar for long work, as the binaries draw it: `msg [=====>   ] 1200/5000 positions,
+/// 8412/s, ETA 0s`; the rate in whole units per second.
+pub fn progress_bar(
+    length: u64,
+    message: impl Into<std::borrow::Cow<'static, str>>,
+    unit: &str,
+) -> ProgressBar {
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:40}}] {{pos}}/{{len}} {unit}, {{rate}}, ETA {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
 }
 
 /// Prints `error` for a person on stderr: `binary: error`, then each cause on a line of its own;

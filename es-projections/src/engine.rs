@@ -51,6 +51,8 @@ pub struct BatchOutcome {
 pub trait DynProjector: Send + Sync + 'static {
     /// The projection name.
     fn name(&self) -> &str;
+    /// The version of its code ([`Projector::VERSION`]), checked to fit the stored column.
+    fn version(&self) -> i32;
     /// Its logical tables.
     fn tables(&self) -> &[&'static str];
     /// Whether it reads events of this stream.
@@ -75,6 +77,12 @@ pub trait DynProjector: Send + Sync + 'static {
 /// Checks a projector's names and erases its event type.
 pub fn erase<P: Projector>(projector: P) -> Result<Arc<dyn DynProjector>, ProjectionError> {
     validate_name("projection", projector.name())?;
+    if P::VERSION == 0 || i32::try_from(P::VERSION).is_err() {
+        return Err(ProjectionError::InvalidVersion {
+            projection: projector.name().to_string(),
+            version: P::VERSION,
+        });
+    }
     for table in projector.tables() {
         validate_name("table", table)?;
     }
@@ -205,6 +213,11 @@ pub(crate) async fn apply_and_checkpoint(
 impl<P: Projector> DynProjector for Erased<P> {
     fn name(&self) -> &str {
         self.0.name()
+    }
+
+    fn version(&self) -> i32 {
+        // Checked by `erase`.
+        i32::try_from(P::VERSION).unwrap_or(i32::MAX)
     }
 
     fn tables(&self) -> &[&'static str] {

@@ -80,6 +80,14 @@ pub enum ProjectionError {
     /// The projection has no checkpoint yet: no worker or rebuild has run it.
     #[error("projection {0} has no checkpoint yet: run a worker or a rebuild first")]
     NoCheckpoint(String),
+    /// Nothing of that name has a checkpoint: no worker has run it yet, or the name is wrong.
+    #[error("{projection} has no checkpoint: no worker has run it (is the name right? {})", if known.is_empty() { "there are no checkpoints yet".to_string() } else { format!("these have one: {}", known.join(", ")) })]
+    NotStarted {
+        /// The name waited on.
+        projection: String,
+        /// The names that have a checkpoint.
+        known: Vec<String>,
+    },
     /// No projection of that name is registered with this binary.
     #[error("no projection, reactor or publisher named {0} is registered")]
     UnknownProjection(String),
@@ -118,6 +126,42 @@ pub enum ProjectionError {
         kind: &'static str,
         /// Why not, and what to do instead.
         reason: &'static str,
+    },
+    /// A generation was built by another version of the projector's code
+    /// ([`Projector::VERSION`](crate::Projector::VERSION)) than this binary's: applying it with
+    /// this code would mix rows of two versions. Run the command with a binary of that version,
+    /// or build a generation for this one (`rebuild NAME --shadow`).
+    #[error("{projection}'s {role} generation {generation} is built by version {built} of its code, this binary has version {ours}: {hint}")]
+    VersionMismatch {
+        /// The projection.
+        projection: String,
+        /// The generation's role (`live`, `shadow`, `retired`).
+        role: &'static str,
+        /// The generation.
+        generation: i32,
+        /// The version it is built by.
+        built: i32,
+        /// This binary's version.
+        ours: i32,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A blue/green command cannot go on from the generations as they are (no shadow to switch
+    /// to, a shadow still being built, nothing to roll back to); the message says what to do.
+    #[error("{projection}: {reason}")]
+    Generations {
+        /// The projection.
+        projection: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// A projector's [`VERSION`](crate::Projector::VERSION) is outside 1 to 2^31 - 1.
+    #[error("projection {projection} declares version {version}: use 1 to 2147483647")]
+    InvalidVersion {
+        /// The projection.
+        projection: String,
+        /// The declared version.
+        version: u32,
     },
     /// The log holds events this binary cannot read: a stored (event type, schema version)
     /// with no upcaster path to the current version. Found at start-up, before any event was

@@ -7,8 +7,9 @@
 //! - Run them with a [`Worker`] in a binary built on [`cli::main`]: `run` tails the log
 //!   (NOTIFY-woken, polling as fallback), `status` shows lag, leases and errors, `verify` proves
 //!   nothing was skipped (and names what was), `rebuild NAME`
-//!   replays from scratch, `rebuild NAME --shadow` builds the next version beside the live one
-//!   and switches atomically (use it when reads must not see a half-built table).
+//!   replays from scratch, `rebuild NAME --shadow` builds the next generation beside the live
+//!   one, which workers then keep caught up; `compare`, `switch` (atomic) and `rollback` make
+//!   a new projector version live with a way back ([`generations`]).
 //! - Write a [`Reactor`] for effects outside the read database (a mail, an API call): delivered
 //!   at least once with a stable key (the event id), retried with backoff, parked in the dead
 //!   letters when it keeps failing, its stream waiting behind it ([`dead_letters`]). A process
@@ -51,6 +52,7 @@
 //! Modules in reading order: [`projector`], [`worker`], `checkpoint` (the projection row:
 //! leases, fencing, the ledger; private), [`engine`] (one batch), [`consumer`], [`reactor`],
 //! [`process`], [`dead_letters`], [`publisher`], [`rebuild`](mod@rebuild),
+//! [`generations`] (blue/green: compare, switch, rollback),
 //! [`status`](mod@status), [`verify`](mod@verify) (proving nothing was skipped),
 //! [`wait`](mod@wait), [`state_source`], [`views`], [`cli`].
 
@@ -60,6 +62,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod engine;
 pub mod error;
+pub mod generations;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod process;
@@ -80,13 +83,14 @@ pub use consumer::{ConsumerKind, RetryPolicy};
 pub use dead_letters::DeadLetter;
 pub use engine::{BatchOutcome, ErrorPolicy};
 pub use error::{EventLocation, InvalidName, ProjectionError, ProjectorError};
+pub use generations::{
+    abandon_shadow, compare, drop_retired, rollback, switch, Comparison, Switched,
+};
 pub use projector::{Projector, Tables};
 pub use reactor::{OnFailure, ReactionError, Reactor, ReactorOptions};
-pub use rebuild::{
-    abandon_shadow, rebuild, rebuild_until, RebuildOptions, RebuildProgress, RebuildReport,
-};
+pub use rebuild::{rebuild, rebuild_until, RebuildOptions, RebuildProgress, RebuildReport};
 pub use state_source::{ReadModelSource, StateRows};
-pub use status::{status, Status};
+pub use status::{count_to_apply, status, Status, ToApply};
 pub use verify::{verify, VerifyReport};
 pub use wait::{live_cursor, wait_for};
 pub use worker::{Worker, WorkerConfig};

@@ -71,6 +71,14 @@ pub trait Projector: Send + Sync + 'static {
     /// The events it reads: events of types this enum does not define are not delivered.
     type Event: DomainEvent;
 
+    /// The version of this projector's code. Raise it whenever `setup` or `apply` would build
+    /// different rows from the same events (a new column, a fixed computation), and deploy it with
+    /// a blue/green rebuild (`rebuild NAME --shadow`, then `switch NAME`): each generation
+    /// records the version it is built by, and a worker applies only generations of its own
+    /// version, so old and new binaries can run at once, in any order, each keeping its own
+    /// generation caught up. Leave it alone for changes that build the same rows.
+    const VERSION: u32 = 1;
+
     /// A stable name: it keys the checkpoint. 1 to 40 lowercase letters, digits and
     /// underscores, starting with a letter.
     fn name(&self) -> &str;

@@ -10,11 +10,10 @@
 //! leave a `rebuilding` projection alone; reads see it fill up.
 //!
 //! Shadow (blue/green): the next generation's tables are built from the start of the log while
-//! the live generation keeps serving. Once caught up, one transaction locks the live row
-//! (waiting for the live worker's batch in flight), applies the last events, points the views at
-//! the new tables, retires the old generation and promotes the shadow; the old tables are dropped
-//! after. A live worker finds its generation retired at its next batch, before applying anything,
-//! and follows the new one from its checkpoint.
+//! the live generation keeps serving. Once caught up the rebuild stops short of the switch: the
+//! shadow is left `running`, and workers of its code version keep it caught up beside the live
+//! one until an operator compares and switches it, or drops it ([`crate::generations`]). Asked to
+//! ([`RebuildOptions::switch`]), the rebuild switches by itself.
 //!
 //! Interrupted ([`rebuild_until`]'s `stop`, Ctrl-C in the CLI): the batch in flight commits, the
 //! lease is released, and the same command resumes at once. Killed: the lease expires after
@@ -28,29 +27,33 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use es_postgres::{log_head, read_batch, LogCursor};
+use es_postgres::{log_head, LogCursor};
 use sqlx::PgConnection;
 use tracing::{info, warn};
 
-use crate::checkpoint::{self, Lease};
+use crate::checkpoint::{self, Lease, Role};
 use crate::dead_letters;
 use crate::engine::{apply_and_checkpoint, DynProjector, ErrorPolicy};
 use crate::error::ProjectionError;
+use crate::generations;
 use crate::projector::Tables;
 use crate::read_ahead::ReadAhead;
 use crate::views;
 use crate::worker::{default_owner, Worker};
 
 /// Why a consumer is not rebuilt.
-const REBUILD_REFUSED: &str = "its effects are outside the database, so a rebuild would repeat them; it has no tables to rebuild";
+pub(crate) const REBUILD_REFUSED: &str = "its effects are outside the database, so a rebuild would repeat them; it has no tables to rebuild";
 
 /// How to rebuild.
 #[derive(Clone, Debug)]
 pub struct RebuildOptions {
     /// Events per transaction.
     pub batch_size: usize,
-    /// Build beside the live generation and switch at the end.
+    /// Build the next generation beside the live one, leaving it for workers to keep caught up
+    /// until it is switched ([`crate::switch`]).
     pub shadow: bool,
+    /// With `shadow`: switch to it as soon as it has caught up.
+    pub switch: bool,
     /// Start over even if an interrupted rebuild could resume.
     pub restart: bool,
     /// What to do with a bad event: stop (default), or park it in the dead letters and go on.
@@ -62,6 +65,7 @@ impl Default for RebuildOptions {
         Self {
             batch_size: 5000,
             shadow: false,
+            switch: false,
             restart: false,
             error_policy: ErrorPolicy::Stop,
         }
@@ -84,8 +88,10 @@ pub struct RebuildProgress {
 pub struct RebuildReport {
     /// The projection.
     pub projection: String,
-    /// The generation now live.
+    /// The generation rebuilt: live, or the shadow when it was not switched.
     pub generation: i32,
+    /// Whether the rebuilt generation is live now (an in-place rebuild, or a shadow switched).
+    pub live: bool,
     /// Whether it resumed an interrupted rebuild.
     pub resumed: bool,
     /// Whether it was interrupted (by `stop`) before finishing: run it again to resume.
@@ -123,7 +129,7 @@ pub async fn rebuild_until(
     worker.check_stored().await?;
     let pool = worker.pool();
     let owner = format!("rebuild:{}", default_owner());
-    checkpoint::ensure_row(pool, name, "projection").await?;
+    checkpoint::ensure_row(pool, name, "projection", projector.version()).await?;
     let started = Instant::now();
     let (lease, resumed) = if options.shadow {
         take_shadow(worker, projector.as_ref(), &owner, options.restart).await?
@@ -164,12 +170,15 @@ pub async fn rebuild_until(
             projection = name,
             applied, "rebuild interrupted; run it again to resume"
         );
-    } else if !options.shadow && !checkpoint::finish_rebuild(pool, &lease).await? {
+    } else if !(options.shadow && options.switch
+        || checkpoint::finish_rebuild(pool, &lease).await?)
+    {
         return Err(fenced_out(&lease));
     }
     let report = RebuildReport {
         projection: name.to_string(),
         generation: lease.generation,
+        live: !options.shadow || (options.switch && !interrupted),
         resumed,
         interrupted,
         applied,
@@ -241,8 +250,18 @@ async fn replay(
         }
     }
     drop(batches);
-    if options.shadow {
-        applied += switch(worker, projector, &tables, lease, cursor, options).await?;
+    if options.shadow && options.switch {
+        let switched = generations::switch_leased(
+            worker,
+            projector,
+            lease,
+            cursor,
+            options,
+            Role::Shadow,
+            Role::Retired,
+        )
+        .await?;
+        applied += switched;
     }
     Ok((applied, false))
 }
@@ -250,7 +269,7 @@ async fn replay(
 /// Applies one batch of a rebuild and its checkpoint in `tx`, under the rebuild's policy and
 /// lease; the events applied. Fenced out is an error: another process took the generation.
 #[allow(clippy::too_many_arguments)]
-async fn apply_fenced(
+pub(crate) async fn apply_fenced(
     tx: &mut PgConnection,
     worker: &Worker,
     projector: &dyn DynProjector,
@@ -276,7 +295,7 @@ async fn apply_fenced(
     Ok(outcome.applied as u64)
 }
 
-fn fenced_out(lease: &Lease) -> ProjectionError {
+pub(crate) fn fenced_out(lease: &Lease) -> ProjectionError {
     ProjectionError::LeaseHeld {
         projection: lease.name.clone(),
         owner: "another process (the rebuild was fenced out)".into(),
@@ -308,7 +327,7 @@ async fn reset(
     if point_views {
         views::point_views(&mut tx, &tables).await?;
     }
-    if !checkpoint::reset_generation(&mut tx, &lease).await? {
+    if !checkpoint::reset_generation(&mut tx, &lease, projector.version()).await? {
         return Err(fenced_out(&lease));
     }
     tx.commit().await?;
@@ -329,10 +348,14 @@ async fn take_live(
 ) -> Result<(Lease, bool), ProjectionError> {
     let pool = worker.pool();
     let name = projector.name();
-    let Some(lease) = checkpoint::fence_for_rebuild(pool, name, owner, REBUILD_TTL).await? else {
-        return Err(checkpoint::lease_held(pool, name, "live").await?);
+    let Some(lease) = checkpoint::fence(pool, name, Role::Live, owner, REBUILD_TTL).await? else {
+        return Err(checkpoint::lease_held(pool, name, Role::Live).await?);
     };
     if lease.state == "rebuilding" && !restart {
+        if lease.code_version != projector.version() {
+            checkpoint::release(pool, &lease).await?;
+            return Err(version_mismatch(projector, &lease, "live"));
+        }
         return Ok((lease, true));
     }
     match reset(worker, projector, lease.clone(), true).await {
@@ -345,7 +368,8 @@ async fn take_live(
     }
 }
 
-/// Creates or resumes the shadow generation and takes its lease.
+/// Creates or resumes the shadow generation and takes its lease. A shadow already built (kept
+/// caught up by workers) is built again only when asked to `restart`.
 async fn take_shadow(
     worker: &Worker,
     projector: &dyn DynProjector,
@@ -354,12 +378,35 @@ async fn take_shadow(
 ) -> Result<(Lease, bool), ProjectionError> {
     let pool = worker.pool();
     let name = projector.name();
-    let Some((lease, applied)) = checkpoint::lease_shadow(pool, name, owner, REBUILD_TTL).await?
-    else {
-        return Err(checkpoint::lease_held(pool, name, "shadow").await?);
+    checkpoint::create_shadow(pool, name, projector.version()).await?;
+    let mut conn = pool.acquire().await?;
+    let shadow = checkpoint::generations(&mut conn, name)
+        .await?
+        .into_iter()
+        .find(|g| g.role == Role::Shadow.as_str());
+    drop(conn);
+    if let Some(built) = shadow.as_ref().filter(|g| g.state != "rebuilding") {
+        if !restart {
+            return Err(ProjectionError::Generations {
+                projection: name.to_string(),
+                reason: format!(
+                    "the shadow generation {g} is built (workers keep it caught up): `compare {name}`, then `switch {name}`; or `rebuild {name} --shadow --restart` builds it again, `rebuild {name} --abandon` drops it",
+                    g = built.generation
+                ),
+            });
+        }
+    }
+    // A built shadow is held by a worker keeping it caught up: fenced out, like a live one.
+    let Some(lease) = checkpoint::fence(pool, name, Role::Shadow, owner, REBUILD_TTL).await? else {
+        return Err(checkpoint::lease_held(pool, name, Role::Shadow).await?);
     };
+    let applied = shadow.map_or(0, |g| g.events_applied);
     let fresh = lease.cursor == LogCursor::default() && applied == 0;
     if !fresh && !restart {
+        if lease.code_version != projector.version() {
+            checkpoint::release(pool, &lease).await?;
+            return Err(version_mismatch(projector, &lease, "shadow"));
+        }
         return Ok((lease, true));
     }
     match reset(worker, projector, lease.clone(), false).await {
@@ -371,108 +418,19 @@ async fn take_shadow(
     }
 }
 
-/// Catches the shadow up under the live row's lock and promotes it; returns the events applied
-/// meanwhile.
-async fn switch(
-    worker: &Worker,
+/// An interrupted rebuild left by another version of the code: resuming it with this code would
+/// mix rows of two versions.
+fn version_mismatch(
     projector: &dyn DynProjector,
-    tables: &Tables,
     lease: &Lease,
-    mut cursor: LogCursor,
-    options: &RebuildOptions,
-) -> Result<u64, ProjectionError> {
-    let pool = worker.pool();
-    let name = projector.name();
-    let mut tx = pool.begin().await?;
-    // The projection's DDL lock first, as every DDL path takes it before any row: an in-place
-    // reset (DDL lock, then the live row) cannot wait on us in a cycle.
-    views::lock_ddl(&mut tx, name).await?;
-    // Waits for the live worker's batch in flight; keeps its next one out until we commit. The
-    // lock gives this transaction an id, so holes found by the reads below stay unbounded until
-    // the new generation's worker reads (see es_postgres::log_reader).
-    let old = checkpoint::lock_live(&mut tx, name).await?;
-    // Catch up to the head as it is now, not to a head that writers keep moving: what commits
-    // after is the new generation's worker's to apply.
-    let head = log_head(&mut *tx).await?.0;
-    let mut applied = 0u64;
-    let mut blocked = dead_letters::open_streams(pool, name, lease.generation).await?;
-    while cursor.watermark.0 < head {
-        let batch = read_batch(&mut tx, &cursor, options.batch_size).await?;
-        if batch.is_idle(&cursor) {
-            break;
-        }
-        let next = batch.next.clone();
-        let applied_now = apply_fenced(
-            &mut tx,
-            worker,
-            projector,
-            tables,
-            lease,
-            batch,
-            options,
-            &mut blocked,
-        )
-        .await?;
-        cursor = next;
-        applied += applied_now;
+    role: &'static str,
+) -> ProjectionError {
+    ProjectionError::VersionMismatch {
+        projection: projector.name().to_string(),
+        role,
+        generation: lease.generation,
+        built: lease.code_version,
+        ours: projector.version(),
+        hint: "resume the rebuild with a binary of that version, or start it over with --restart",
     }
-    views::point_views(&mut tx, tables).await?;
-    if !checkpoint::promote(&mut tx, old, lease).await? {
-        return Err(fenced_out(lease));
-    }
-    tx.commit().await?;
-    info!(
-        projection = name,
-        from = old,
-        to = lease.generation,
-        "switched to the new generation"
-    );
-    // The switch is done; dropping the old tables may wait on a long reader of them. If it
-    // fails, the retired generation is dropped by the next switch.
-    if let Err(error) = drop_retired(pool, projector).await {
-        warn!(projection = name, %error, "the old generation's tables were not dropped yet");
-    }
-    Ok(applied)
-}
-
-/// Drops the retired generations' tables and rows.
-async fn drop_retired(
-    pool: &sqlx::PgPool,
-    projector: &dyn DynProjector,
-) -> Result<(), ProjectionError> {
-    let name = projector.name();
-    let mut tx = pool.begin().await?;
-    views::lock_ddl(&mut tx, name).await?;
-    for generation in checkpoint::delete_generations(&mut tx, name, "retired").await? {
-        views::drop_tables(&mut tx, &Tables::new(projector.tables(), generation)?).await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Drops an unfinished shadow generation (after a failed or unwanted shadow rebuild): its tables,
-/// its row and its ledger. Refused while a shadow rebuild holds it. Returns the generation
-/// dropped, if there was one.
-pub async fn abandon_shadow(worker: &Worker, name: &str) -> Result<Option<i32>, ProjectionError> {
-    let projector = worker.projector(name, REBUILD_REFUSED)?.clone();
-    let pool = worker.pool();
-    if !checkpoint::has_shadow(pool, name).await? {
-        return Ok(None);
-    }
-    let owner = format!("abandon:{}", default_owner());
-    let Some((lease, _)) = checkpoint::lease_shadow(pool, name, &owner, REBUILD_TTL).await? else {
-        return Err(checkpoint::lease_held(pool, name, "shadow").await?);
-    };
-    let mut tx = pool.begin().await?;
-    views::lock_ddl(&mut tx, name).await?;
-    for generation in checkpoint::delete_generations(&mut tx, name, "shadow").await? {
-        views::drop_tables(&mut tx, &Tables::new(projector.tables(), generation)?).await?;
-    }
-    tx.commit().await?;
-    info!(
-        projection = name,
-        generation = lease.generation,
-        "shadow generation abandoned"
-    );
-    Ok(Some(lease.generation))
 }

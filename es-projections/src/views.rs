@@ -5,37 +5,36 @@
 
 use sqlx::{PgConnection, PgPool};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Role};
 use crate::engine::DynProjector;
 use crate::error::ProjectionError;
 use crate::projector::Tables;
 
-/// Runs the projector's `setup` for `tables` and, when `live` and the generation is still the live
-/// one (a shadow switch may have retired it since its lease was taken), points the views at
-/// them; one transaction, serialised with every other DDL of the projection.
-pub async fn setup(
+/// Runs the projector's `setup` for `tables` and, for the live generation, points the views at
+/// them; one transaction, serialised with every other DDL of the projection. Does nothing and
+/// returns false when the generation no longer has `role` (a switch, a rollback or a drop since
+/// its lease was taken): its tables may be gone already, and creating them again would leave
+/// tables nobody drops. The holder's next batch finds the lease gone.
+pub(crate) async fn setup(
     pool: &PgPool,
     projector: &dyn DynProjector,
     tables: &Tables,
-    live: bool,
-) -> Result<(), ProjectionError> {
+    role: Role,
+) -> Result<bool, ProjectionError> {
     let mut tx = pool.begin().await?;
     lock_ddl(&mut tx, projector.name()).await?;
-    if live && !checkpoint::is_live(&mut tx, projector.name(), tables.generation()).await? {
-        // Retired by a switch since its lease was taken (its tables may be dropped already):
-        // creating them again would leave tables nobody drops. The holder's next batch finds
-        // the lease gone and follows the live generation.
-        return Ok(());
+    if !checkpoint::has_role(&mut tx, projector.name(), tables.generation(), role).await? {
+        return Ok(false);
     }
     projector
         .setup(&mut tx, tables)
         .await
         .map_err(|source| ProjectionError::projector(projector.name(), "setup", source))?;
-    if live {
+    if role == Role::Live {
         point_views(&mut tx, tables).await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Serialises the DDL of one projection across processes until the transaction ends: two

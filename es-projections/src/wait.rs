@@ -8,10 +8,17 @@ use sqlx::PgPool;
 use crate::checkpoint;
 use crate::error::ProjectionError;
 
+/// How long [`wait_for`] waits for a projection's checkpoint to exist before it says that no
+/// worker runs it: a worker started at the same time creates it within milliseconds.
+pub const NOT_STARTED_GRACE: Duration = Duration::from_secs(5);
+
 /// Waits until the live generation of `projection` covers `position` (the event there, and
 /// every event before it that committed, have been applied), or `timeout` passes. Returns
 /// [`ProjectionError::Failed`] at once when the projection has stopped on an error: it will not
-/// get there by itself.
+/// get there by itself; and [`ProjectionError::NotStarted`] when no projection of that name has
+/// a checkpoint after [`NOT_STARTED_GRACE`] (a misspelt name, or no worker running it), naming
+/// those that have one. [`Worker::wait_for`](crate::Worker::wait_for) also refuses a name the
+/// worker does not register, at once.
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool, position: es_core::GlobalPosition) -> Result<(), es_projections::ProjectionError> {
@@ -29,7 +36,14 @@ pub async fn wait_for(
     let started = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
-        if let Some(live) = checkpoint::live_state(pool, projection).await? {
+        let state = checkpoint::live_state(pool, projection).await?;
+        if state.is_none() && started.elapsed() >= NOT_STARTED_GRACE.min(timeout) {
+            return Err(ProjectionError::NotStarted {
+                projection: projection.to_string(),
+                known: checkpoint::names(pool).await?,
+            });
+        }
+        if let Some(live) = state {
             if live.cursor.covers(position) {
                 return Ok(());
             }

@@ -25,13 +25,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use es_core::{EventStore, RecordedEvent, StreamId, Upcasters};
+use es_core::{EventStore, GlobalPosition, RecordedEvent, StreamId, Upcasters};
 use es_postgres::{read_batch, LogCursor};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::checkpoint::{self, BatchRecord, Lease};
+use crate::checkpoint::{self, BatchRecord, Lease, Role};
 use crate::consumer::{ConsumerContext, DynConsumer, KeepAlive};
 use crate::dead_letters::{self, CarriedOut, DeadLetter, Redeliver};
 use crate::engine::{apply_and_checkpoint, erase, DynProjector, ErrorPolicy, ProjectionRedelivery};
@@ -117,6 +117,24 @@ impl Unit {
         match self {
             Unit::Projection(_) => "projection",
             Unit::Consumer(c) => c.kind().as_str(),
+        }
+    }
+
+    /// The version of a projection's code; None for consumers (they have no generations to build).
+    pub(crate) fn version(&self) -> Option<i32> {
+        match self {
+            Unit::Projection(p) => Some(p.version()),
+            Unit::Consumer(_) => None,
+        }
+    }
+
+    /// The generations a worker keeps caught up: a projection's live one and, beside it, a
+    /// built shadow (ready for a switch) and a retired one (ready for a rollback); a consumer's
+    /// only generation.
+    fn roles(&self) -> &'static [Role] {
+        match self {
+            Unit::Projection(_) => &[Role::Live, Role::Shadow, Role::Retired],
+            Unit::Consumer(_) => &[Role::Live],
         }
     }
 
@@ -243,14 +261,22 @@ impl Worker {
             .unit(name)
             .cloned()
             .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))?;
-        checkpoint::ensure_row(&self.pool, name, unit.kind()).await?;
+        checkpoint::ensure_row(&self.pool, name, unit.kind(), unit.version().unwrap_or(1)).await?;
         let owner = format!("dead-letters:{}", default_owner());
         let ttl = self.config.lease_ttl;
-        let Some(lease) = checkpoint::acquire(&self.pool, name, &owner, ttl, true).await? else {
+        let version = unit.version();
+        let Some(lease) =
+            checkpoint::acquire(&self.pool, name, Role::Live, version, &owner, ttl, true).await?
+        else {
             return Ok(None);
         };
-        let mut task =
-            ProjectionTask::new(self, unit, watch::channel(false).1, watch::channel(0).1);
+        let mut task = ProjectionTask::new(
+            self,
+            unit,
+            Role::Live,
+            watch::channel(false).1,
+            watch::channel(0).1,
+        );
         let done = task.carry_out(&lease).await;
         let released = checkpoint::release(&self.pool, &lease).await;
         match done? {
@@ -260,6 +286,48 @@ impl Worker {
             }
             // Lost on the way: another process holds the lease now and carries on.
             None => Ok(None),
+        }
+    }
+
+    /// [`wait_for`](crate::wait_for) for a name this worker registers: fails at once, with
+    /// [`ProjectionError::UnknownProjection`], for one it does not.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        position: GlobalPosition,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError> {
+        if self.unit(name).is_none() {
+            return Err(ProjectionError::UnknownProjection(name.to_string()));
+        }
+        crate::wait_for(&self.pool, name, position, timeout).await
+    }
+
+    /// Runs every projection, reactor and publisher until each has applied the log up to its
+    /// head as it is when called, then stops them cleanly (their leases released) and returns
+    /// that head: for batch jobs and tests. Fails with the first error a projection stopped on
+    /// (at once, not at the timeout), or [`ProjectionError::Timeout`] after `timeout`. Where
+    /// another process holds a lease, that process must get there.
+    pub async fn catch_up(&self, timeout: Duration) -> Result<GlobalPosition, ProjectionError> {
+        let head = es_postgres::log_head(&self.pool).await?;
+        let waited = std::sync::Mutex::new(None);
+        let caught_up = async {
+            let waits = self
+                .names()
+                .into_iter()
+                .map(|name| crate::wait_for(&self.pool, name, head, timeout));
+            if let Err(error) = futures::future::try_join_all(waits).await {
+                if let Ok(mut slot) = waited.lock() {
+                    *slot = Some(error);
+                }
+            }
+        };
+        self.run(caught_up).await?;
+        // A projection that failed stopped its task with the error `run` returned above; what
+        // is left here is a timeout.
+        match waited.into_inner().ok().flatten() {
+            Some(error) => Err(error),
+            None => Ok(head),
         }
     }
 
@@ -314,8 +382,10 @@ impl Worker {
         }));
         let mut tasks = tokio::task::JoinSet::new();
         for unit in selected {
-            let task = ProjectionTask::new(self, unit, stop_rx.clone(), wake_rx.clone());
-            tasks.spawn(task.run());
+            let roles = unit.roles().iter().map(|&role| {
+                ProjectionTask::new(self, unit.clone(), role, stop_rx.clone(), wake_rx.clone())
+            });
+            tasks.spawn(run_roles(roles.collect()));
         }
         let mut first_error = None;
         tokio::pin!(shutdown);
@@ -341,6 +411,27 @@ impl Worker {
     }
 }
 
+/// Runs one unit's tasks, the live generation's first: ends when the live one ends. At shutdown
+/// the others (shadow, retired) finish their batch in flight too; when the live one stopped on
+/// an error they are dropped (their batch in flight rolls back), so that the unit ends as it did
+/// with its live generation alone. An error of a shadow or retired generation is logged and
+/// recorded on its row (`status` shows it) and leaves the live one running.
+async fn run_roles(mut tasks: Vec<ProjectionTask>) -> Result<(), ProjectionError> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let live = tasks.remove(0);
+    let mut others = tokio::task::JoinSet::new();
+    for task in tasks {
+        others.spawn(task.run());
+    }
+    let result = live.run().await;
+    if result.is_ok() {
+        while others.join_next().await.is_some() {}
+    }
+    result
+}
+
 enum Held {
     /// Shut down cleanly.
     Shutdown,
@@ -357,6 +448,8 @@ struct ProjectionTask {
     pool: PgPool,
     upcasters: Arc<Upcasters>,
     unit: Unit,
+    /// The generation this task keeps caught up.
+    role: Role,
     config: WorkerConfig,
     stop: watch::Receiver<bool>,
     wake: watch::Receiver<u64>,
@@ -366,12 +459,15 @@ struct ProjectionTask {
     blocked: HashSet<StreamId>,
     /// When dead-letter requests were last looked for.
     letters_checked: Option<Instant>,
+    /// Whether it said that the generation is built by another version of the code.
+    told_version: bool,
 }
 
 impl ProjectionTask {
     fn new(
         worker: &Worker,
         unit: Unit,
+        role: Role,
         stop: watch::Receiver<bool>,
         wake: watch::Receiver<u64>,
     ) -> Self {
@@ -379,12 +475,14 @@ impl ProjectionTask {
             pool: worker.pool.clone(),
             upcasters: worker.upcasters.clone(),
             unit,
+            role,
             config: worker.config.clone(),
             stop,
             wake,
             committed: false,
             blocked: HashSet::new(),
             letters_checked: None,
+            told_version: false,
         }
     }
 
@@ -444,20 +542,29 @@ impl ProjectionTask {
 
     async fn hold_and_apply(&mut self, retry_failed: bool) -> Result<Held, ProjectionError> {
         let ttl = self.config.lease_ttl;
-        checkpoint::ensure_row(&self.pool, self.name(), self.unit.kind()).await?;
+        let version = self.unit.version();
+        if self.role == Role::Live {
+            let kind = self.unit.kind();
+            checkpoint::ensure_row(&self.pool, self.name(), kind, version.unwrap_or(1)).await?;
+        }
         let Some(lease) = checkpoint::acquire(
             &self.pool,
             self.name(),
+            self.role,
+            version,
             &self.config.owner,
             ttl,
             retry_failed,
         )
         .await?
         else {
+            self.tell_version().await?;
             return Ok(Held::Standby);
         };
+        self.told_version = false;
         info!(
             projection = self.name(),
+            role = self.role.as_str(),
             generation = lease.generation,
             epoch = lease.epoch,
             position = %lease.cursor.watermark,
@@ -496,6 +603,42 @@ impl ProjectionTask {
             _ => {}
         }
         result
+    }
+
+    /// Says once, while it stands by, that the generation it would keep caught up is built by
+    /// another version of the code: the operator then knows that this worker waits for a
+    /// generation of its own version (or for the older binaries to keep theirs).
+    async fn tell_version(&mut self) -> Result<(), ProjectionError> {
+        let Some(version) = self.unit.version() else {
+            return Ok(());
+        };
+        if self.told_version {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let generations = checkpoint::generations(&mut conn, self.name()).await?;
+        drop(conn);
+        let role = self.role.as_str();
+        if let Some(other) = generations
+            .iter()
+            .find(|g| g.role == role && g.code_version != version)
+        {
+            self.told_version = true;
+            let what = match self.role {
+                Role::Live => "it is left to workers of that version; build one for this version with `rebuild NAME --shadow` and `switch NAME`",
+                Role::Shadow => "the shadow is left to workers of that version",
+                Role::Retired => "the retired generation is left to workers of that version",
+            };
+            warn!(
+                projection = self.name(),
+                role,
+                generation = other.generation,
+                built_by = other.code_version,
+                version,
+                "generation built by another version of the code; {what}"
+            );
+        }
+        Ok(())
     }
 
     /// Carries out dead-letter requests when it is time to look for them; false when the lease
@@ -559,7 +702,10 @@ impl ProjectionTask {
         tables: &Tables,
     ) -> Result<Held, ProjectionError> {
         let ttl = self.config.lease_ttl;
-        views::setup(&self.pool, projector, tables, true).await?;
+        if !views::setup(&self.pool, projector, tables, self.role).await? {
+            // Its role changed since the lease was taken (a switch, a rollback, a drop).
+            return Ok(Held::Lost);
+        }
         let mut cursor: LogCursor = lease.cursor.clone();
         let mut renewed = Instant::now();
         loop {

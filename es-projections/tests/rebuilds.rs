@@ -70,6 +70,7 @@ async fn rebuilds_reproduce_the_live_tables() {
     };
     let shadow = RebuildOptions {
         shadow: true,
+        switch: true,
         batch_size: 200,
         ..RebuildOptions::default()
     };
@@ -90,7 +91,22 @@ async fn rebuilds_reproduce_the_live_tables() {
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert_eq!(old_tables, 0, "the old generation's tables were dropped");
+    assert_eq!(
+        old_tables, 2,
+        "the old generation is retired and kept for a rollback"
+    );
+    assert_eq!(
+        es_projections::drop_retired(&worker, "audit")
+            .await
+            .unwrap(),
+        vec![1]
+    );
+    let old_tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'audit_%_g1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(old_tables, 0, "drop-retired dropped its tables");
     let _ = stop.send(());
     running.await.unwrap().unwrap();
 
@@ -238,6 +254,7 @@ async fn rebuilds_beside_a_busy_worker_succeed() {
         let options = RebuildOptions {
             batch_size: 300,
             shadow: round >= 20,
+            switch: round >= 20,
             ..RebuildOptions::default()
         };
         let report = rebuild(&rebuilder, "audit", &options, |_| {})
@@ -262,8 +279,13 @@ async fn rebuilds_beside_a_busy_worker_succeed() {
         .await
         .unwrap();
     let status = es_projections::status(&db.pool).await.unwrap();
-    assert_eq!(status.projections.len(), 1, "no shadow left behind");
-    let live_row = &status.projections[0];
+    let roles: Vec<&str> = status.projections.iter().map(|p| p.role.as_str()).collect();
+    assert_eq!(
+        roles,
+        ["retired", "live"],
+        "no shadow left behind, one way back kept"
+    );
+    let live_row = &status.projections[1];
     assert_eq!(live_row.state, "running");
     assert_eq!(live_row.generation, 21);
     assert!(live_row.last_error.is_none(), "{:?}", live_row.last_error);
@@ -283,6 +305,7 @@ async fn an_idle_worker_follows_a_shadow_switch() {
     wait_caught_up(&db.pool, "audit", Duration::from_secs(30)).await;
     let shadow = RebuildOptions {
         shadow: true,
+        switch: true,
         ..RebuildOptions::default()
     };
     for _ in 0..3 {
@@ -295,8 +318,13 @@ async fn an_idle_worker_follows_a_shadow_switch() {
     }
     assert!(!live.is_finished(), "the live worker is still running");
     let status = es_projections::status(&db.pool).await.unwrap();
-    assert_eq!(status.projections[0].generation, 4);
-    assert!(status.projections[0].last_error.is_none());
+    let live_row = status
+        .projections
+        .iter()
+        .find(|p| p.role == "live")
+        .unwrap();
+    assert_eq!(live_row.generation, 4);
+    assert!(live_row.last_error.is_none());
     live.stop().await;
     assert_matches_log(&db.pool, "audit_applied", "audit_streams").await;
 }
@@ -367,6 +395,7 @@ async fn a_failed_shadow_rebuild_leaves_readers_alone_and_can_be_abandoned() {
     append_poison(&store).await;
     let shadow = RebuildOptions {
         shadow: true,
+        switch: true,
         ..RebuildOptions::default()
     };
     rebuild(&worker, "audit", &shadow, |_| {})
@@ -453,7 +482,7 @@ async fn a_rebuild_waits_for_the_batch_in_flight_then_fences_it_out() {
         rebuild(&rebuilder, "audit", &RebuildOptions::default(), |_| {}).await
     });
     // The rebuild's lease waits for the worker's batch.
-    waiting("%Takes the live generation's lease for an in-place rebuild%").await;
+    waiting("%Takes the lease of the generation of role%").await;
     gate.rollback().await.unwrap();
     let report = rebuilding.await.unwrap().unwrap();
     assert_eq!(report.applied, 60);

@@ -185,6 +185,7 @@ async fn the_deals_table_equals_a_fold_of_the_events_including_legacy_rows() {
     let options = es_projections::RebuildOptions {
         batch_size: 300,
         shadow: true,
+        switch: true,
         restart: false,
         ..Default::default()
     };

@@ -3,7 +3,6 @@
 
 use clap::Parser;
 use es_examples::deal::{load, LoadOptions};
-use indicatif::{ProgressBar, ProgressStyle};
 
 /// Writes deals and their events through the framework.
 #[derive(Parser, Debug)]
@@ -56,7 +55,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         append_batch: args.append_batch,
     };
     let started = std::time::Instant::now();
-    let bar = progress_bar(options.events.max(options.deals * 2));
+    let bar = es_projections::cli::progress_bar(
+        options.events.max(options.deals * 2),
+        "loading deals",
+        "events",
+    );
     let report = load(&pool, &options, |n| bar.inc(n)).await?;
     bar.finish_and_clear();
     println!(
@@ -69,16 +72,4 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-fn progress_bar(length: u64) -> ProgressBar {
-    let bar = ProgressBar::new(length);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "loading deals [{bar:40}] {pos}/{len} events, {per_sec}, ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar
 }

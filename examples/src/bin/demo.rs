@@ -32,7 +32,7 @@ use es_postgres::PgEventStore;
 use es_projections::nats::{JetStreamOptions, JetStreamSink};
 use es_projections::publisher::Publisher;
 use es_projections::{RebuildOptions, Worker, WorkerConfig};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use sqlx::PgPool;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -403,7 +403,9 @@ async fn deals(pool: &PgPool, deals: u64, events: u64) -> Result<(), Error> {
         println!("  {deal} ({crm}): {configuration}");
     }
 
-    println!("\n== Shadow rebuild of deals from scratch, compared with the live table");
+    println!(
+        "\n== Blue/green: deals rebuilt from scratch beside the live table, compared, switched"
+    );
     let before = table_digest(pool).await?;
     let bar = progress_bar(0, "rebuilding", "positions");
     let options = RebuildOptions {
@@ -418,14 +420,24 @@ async fn deals(pool: &PgPool, deals: u64, events: u64) -> Result<(), Error> {
     })
     .await?;
     bar.finish_and_clear();
-    let after = table_digest(pool).await?;
     println!(
-        "rebuilt generation {}: {} events in {:.1} s ({:.0} events/s)",
+        "built the shadow generation {}: {} events in {:.1} s ({:.0} events/s)",
         rebuilt.generation,
         rebuilt.applied,
         rebuilt.elapsed.as_secs_f64(),
         rebuilt.applied as f64 / rebuilt.elapsed.as_secs_f64().max(1e-9)
     );
+    let comparison = es_projections::compare(&worker, "deals", 3).await?;
+    print!("{comparison}");
+    if !comparison.same() {
+        return Err("the shadow generation differs from the live one".into());
+    }
+    let switched = es_projections::switch(&worker, "deals").await?;
+    println!(
+        "switched: generation {} is live, {} kept for a rollback",
+        switched.to, switched.from
+    );
+    let after = table_digest(pool).await?;
     println!("md5 of the ordered rows before: {before}");
     println!("md5 of the ordered rows after:  {after}");
     if before != after {
@@ -609,14 +621,5 @@ async fn table_digest(pool: &PgPool) -> Result<String, sqlx::Error> {
 }
 
 fn progress_bar(length: u64, message: &'static str, unit: &str) -> ProgressBar {
-    let bar = ProgressBar::new(length);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{msg}} [{{bar:40}}] {{pos}}/{{len}} {unit}, {{per_sec}}, ETA {{eta}}"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message(message);
-    bar
+    es_projections::cli::progress_bar(length, message, unit)
 }
