@@ -1,6 +1,12 @@
 //! Connecting for a binary: one attempt first, so that a server that is down or a wrong password
 //! is reported within seconds as what it is ("cannot connect to HOST:PORT: connection refused"),
 //! not after the pool's acquire timeout as "pool timed out"; then the pool.
+//!
+//! TLS is sqlx's, on rustls (no OpenSSL): `sslmode=require` encrypts without checking the
+//! server's certificate, `verify-ca` checks it against `sslrootcert` (or the public CAs built
+//! in), `verify-full` checks the host name too, as libpq's modes do (doc page "SSL Support",
+//! table "SSL Mode Descriptions"). A certificate the client refuses is reported as what it is
+//! ("not signed by a trusted CA"), not as rustls's enum name.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -62,11 +68,34 @@ pub async fn connect(
 /// The cause as a person reads it: the server's message, or the I/O error's.
 fn reason(error: &sqlx::Error) -> String {
     match error {
-        sqlx::Error::Io(io) => io.to_string().to_lowercase(),
+        sqlx::Error::Io(io) => {
+            let message = io.to_string();
+            certificate_refused(&message).unwrap_or_else(|| message.to_lowercase())
+        }
         sqlx::Error::Database(db) => db.message().to_string(),
-        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        sqlx::Error::Tls(tls) => {
+            let message = tls.to_string();
+            certificate_refused(&message).unwrap_or_else(|| format!("TLS: {message}"))
+        }
         other => other.to_string(),
     }
+}
+
+/// rustls's refusal of the server's certificate ("invalid peer certificate: UnknownIssuer",
+/// surfacing as an I/O error of the handshake) in words, with what to check.
+fn certificate_refused(message: &str) -> Option<String> {
+    let lower = message.to_lowercase();
+    let (_, cause) = lower.split_once("invalid peer certificate: ")?;
+    let what = if cause.starts_with("unknownissuer") {
+        "the server's certificate is not signed by a trusted CA (check sslrootcert)".to_string()
+    } else if cause.starts_with("notvalidforname") {
+        "the server's certificate is not valid for this host name (verify-full checks it)".into()
+    } else if cause.starts_with("expired") {
+        "the server's certificate has expired".into()
+    } else {
+        format!("the server's certificate was refused ({cause})")
+    };
+    Some(format!("TLS: {what}"))
 }
 
 /// A message with the URL (and so its password) taken out.

@@ -76,3 +76,17 @@ pub fn is_transient_cause(error: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+/// Whether an error is, or was caused by, PostgreSQL refusing for want of a privilege
+/// (SQLSTATE 42501 `insufficient_privilege`, raised by `aclcheck_error` in
+/// `src/backend/catalog/aclchk.c`): walks the source chain looking for a sqlx error.
+pub fn is_permission_denied(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+            return db.code().is_some_and(|code| code == "42501");
+        }
+        current = e.source();
+    }
+    false
+}

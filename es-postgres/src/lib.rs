@@ -23,6 +23,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`check_schema`] is the read-only check for processes that must not run DDL, and [`grant`]
+//! gives least-privilege roles ([`Role`]: writer, projector, reader, monitor) what they need.
+//!
 //! Modules: [`store`] (appends, reads, snapshots), [`group_commit`] (concurrent appends sharing
 //! a transaction, opt-in), [`log_reader`] (tailing the global log without skipping events that
 //! commit out of order), [`notify`] (wake-ups), [`error`] (how database errors become typed
@@ -38,6 +41,7 @@ pub mod idempotency;
 pub mod log_reader;
 mod migrate;
 pub mod notify;
+mod roles;
 mod row;
 pub mod store;
 mod uniques;
@@ -50,7 +54,9 @@ pub use group_commit::GroupCommit;
 pub use log_reader::{
     log_head, read_at, read_batch, streams_after, Hole, Horizon, LogBatch, LogCursor,
 };
+pub use migrate::{Applied, SchemaError};
 pub use notify::{listen, NOTIFY_CHANNEL};
+pub use roles::{grant, GrantError, Role};
 pub use store::PgEventStore;
 
 /// The embedded migrations. Apply them with [`migrate`], which records them in the framework's
@@ -73,4 +79,19 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// ```
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     migrate::run(pool).await
+}
+
+/// Checks, without writing anything, that the database has every migration this binary
+/// embeds, with the same checksums: for processes that must not run DDL (a worker under a
+/// least-privilege role, `status`, `verify`). Fails with [`SchemaError::Behind`], naming the
+/// versions, until [`migrate`] has run; versions recorded by a newer binary are accepted.
+/// Needs SELECT on `es_schema_migrations` (every [`Role`] has it).
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_postgres::SchemaError> {
+/// es_postgres::check_schema(&pool).await?; // fails until `migrate` has run
+/// # Ok(()) }
+/// ```
+pub async fn check_schema(pool: &sqlx::PgPool) -> Result<(), SchemaError> {
+    migrate::check(pool).await
 }

@@ -17,8 +17,14 @@
 //!   accepted: migrations only add, so an older binary keeps working during a rolling upgrade;
 //! - a database migrated by an earlier version of this crate, which used `_sqlx_migrations`,
 //!   has its rows moved to our ledger, matched by version and description, checksums compared.
+//!
+//! [`check`] is the read-only counterpart for processes that must not run DDL (a worker, `status`,
+//! `verify` under a least-privilege role): it reads the ledger and says which versions are
+//! missing, and never creates or alters anything. It needs SELECT on `es_schema_migrations`,
+//! which every role of [`crate::grant`] is given.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::time::Instant;
 
 use sqlx::migrate::MigrateError;
@@ -107,4 +113,91 @@ async fn adopt(conn: &mut PgConnection) -> Result<(), MigrateError> {
         );
     }
     Ok(())
+}
+
+/// Why a process may not use the database's framework schema as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The database lacks migrations this binary needs: apply them with [`crate::migrate`] (a
+    /// worker binary's `migrate` subcommand), as a role that owns the schema, then start again.
+    #[error("the database's framework schema is behind this binary: {applied}, this binary needs migrations up to {required} (missing: {missing})")]
+    Behind {
+        /// What the ledger records.
+        applied: Applied,
+        /// The highest version this binary embeds.
+        required: i64,
+        /// The embedded versions the ledger lacks, comma separated.
+        missing: String,
+    },
+    /// An applied migration differs from the one this binary embeds (an edited migration):
+    /// the binary and the database do not belong together.
+    #[error(
+        "framework migration {0} applied to the database differs from the one this binary embeds"
+    )]
+    Mismatch(i64),
+    /// The ledger could not be read (no SELECT on `es_schema_migrations`, a lost connection).
+    #[error("cannot read the framework's migration ledger es_schema_migrations: {0}")]
+    Unreadable(#[source] sqlx::Error),
+}
+
+/// The framework migrations a database has, as [`SchemaError::Behind`] shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// No ledger at all: never migrated (or migrated by a version that kept its rows in
+    /// `_sqlx_migrations`, which `migrate` moves over).
+    Nothing,
+    /// The highest version recorded.
+    UpTo(i64),
+}
+
+impl fmt::Display for Applied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Applied::Nothing => write!(f, "no framework migration is recorded"),
+            Applied::UpTo(version) => write!(f, "migrations up to {version} are applied"),
+        }
+    }
+}
+
+/// Checks, reading only, that every embedded migration is applied with its checksum (see the
+/// module docs). Versions recorded that this binary does not embed are accepted, as by [`run`].
+pub(crate) async fn check(pool: &PgPool) -> Result<(), SchemaError> {
+    let exists: bool = sqlx::query_scalar(include_str!("sql/migrations_ledger_exists.sql"))
+        .fetch_one(pool)
+        .await
+        .map_err(SchemaError::Unreadable)?;
+    let applied: HashMap<i64, Vec<u8>> = if exists {
+        sqlx::query_as::<_, (i64, Vec<u8>)>(include_str!("sql/migrations_applied.sql"))
+            .fetch_all(pool)
+            .await
+            .map_err(SchemaError::Unreadable)?
+            .into_iter()
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let mut missing = Vec::new();
+    for migration in MIGRATOR.iter() {
+        match applied.get(&migration.version) {
+            Some(checksum) if checksum.as_slice() == migration.checksum.as_ref() => {}
+            Some(_) => return Err(SchemaError::Mismatch(migration.version)),
+            None => missing.push(migration.version),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort_unstable();
+    Err(SchemaError::Behind {
+        applied: applied
+            .keys()
+            .max()
+            .map_or(Applied::Nothing, |v| Applied::UpTo(*v)),
+        required: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
+        missing: missing
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }

@@ -184,3 +184,86 @@ async fn letters_parked_under_the_old_rule_are_closed_by_0007() {
         "an old letter does not hold its stream"
     );
 }
+
+#[tokio::test]
+async fn the_read_only_check_names_what_is_missing_and_changes_nothing() {
+    use es_postgres::{Applied, SchemaError};
+    let db = TestDatabase::empty(4).await;
+    let latest = es_postgres::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap();
+    match es_postgres::check_schema(&db.pool).await {
+        Err(SchemaError::Behind {
+            applied: Applied::Nothing,
+            required,
+            ..
+        }) => assert_eq!(required, latest),
+        other => panic!("expected Behind, got {other:?}"),
+    }
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(tables, 0, "the check created nothing");
+
+    es_postgres::migrate(&db.pool).await.unwrap();
+    es_postgres::check_schema(&db.pool).await.unwrap();
+
+    // A binary newer than the database: its last migration is not applied.
+    let (description, checksum): (String, Vec<u8>) = sqlx::query_as(
+        "DELETE FROM es_schema_migrations WHERE version = $1 RETURNING description, checksum",
+    )
+    .bind(latest)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let error = es_postgres::check_schema(&db.pool).await.unwrap_err();
+    match &error {
+        SchemaError::Behind {
+            applied: Applied::UpTo(applied),
+            missing,
+            ..
+        } => {
+            assert_eq!(*applied, latest - 1);
+            assert_eq!(missing, &latest.to_string());
+        }
+        other => panic!("expected Behind, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("migrations up to {} are applied", latest - 1))
+            && message.contains(&format!("needs migrations up to {latest}")),
+        "{message}"
+    );
+
+    // A newer database than the binary is fine; an edited migration is not.
+    sqlx::query(
+        "INSERT INTO es_schema_migrations (version, description, checksum, execution_ms)
+         VALUES ($1, $2, $3, 0)",
+    )
+    .bind(latest)
+    .bind(&description)
+    .bind(&checksum)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO es_schema_migrations (version, description, checksum, execution_ms)
+         VALUES (99990101000000, 'from a newer binary', '\\x00', 0)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    es_postgres::check_schema(&db.pool).await.unwrap();
+    sqlx::query("UPDATE es_schema_migrations SET checksum = '\\x00' WHERE version = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        es_postgres::check_schema(&db.pool).await,
+        Err(SchemaError::Mismatch(1))
+    ));
+}

@@ -1,6 +1,12 @@
 //! The command line of worker binaries: `run`, `status`, `verify`, `rebuild`; blue/green:
-//! `compare`, `switch`, `rollback`, `drop-retired`; and the dead letters: `dead-letters`,
-//! `retry`, `skip`.
+//! `compare`, `switch`, `rollback`, `drop-retired`; the dead letters: `dead-letters`, `retry`,
+//! `skip`; and the schema's administration: `migrate`, `grant`.
+//!
+//! Only `migrate` changes the framework's schema; every other subcommand first checks, reading
+//! only, that the database has the migrations this binary embeds, and stops naming the missing
+//! versions when it does not. So `run` needs no privilege beyond a projector role's (its
+//! projectors' `setup` creates their own tables), and `status` and `verify` run under a role
+//! that may only SELECT (`verify` then cannot record its result and says so).
 //!
 //! This module is the binaries' front end, so unlike the rest of the library it prints for
 //! humans (the status table, a progress bar, the rebuild summary, errors); logs still go through
@@ -53,6 +59,22 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Apply the framework's migrations (as the owner of the schema; other subcommands never
+    /// change it and stop when it is behind this binary).
+    Migrate,
+    /// Grant a role what one kind of process needs (idempotent; the role must exist; run as the
+    /// owner of the schema, after `migrate`).
+    Grant {
+        /// What the role is for.
+        #[arg(value_enum)]
+        kind: GrantKind,
+        /// The existing PostgreSQL role.
+        role: String,
+        /// For a reader: the role the projection workers run as, whose views it reads
+        /// (repeatable).
+        #[arg(long = "projector", value_name = "ROLE")]
+        projectors: Vec<String>,
+    },
     /// Run projections until SIGINT or SIGTERM (standing by while another process holds a lease).
     Run {
         /// Run only these projections (repeatable); all by default.
@@ -176,7 +198,20 @@ enum Command {
     },
 }
 
-/// Parses the command line, connects, migrates, and runs the command with the worker `build`
+/// The kinds of role `grant` knows (`es_postgres::Role`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum GrantKind {
+    /// Appends and reads events (the application).
+    Writer,
+    /// Runs projections: reads events, writes checkpoints and its own tables.
+    Projector,
+    /// Reads the views of the projector roles given with --projector.
+    Reader,
+    /// Runs `status` and `verify`: reads, and records verifications.
+    Monitor,
+}
+
+/// Parses the command line, connects, checks the schema (or migrates, for `migrate`), and runs the command with the worker `build`
 /// makes. Logs go to stderr (`RUST_LOG` filters, default `info`).
 pub async fn main(
     binary: &str,
@@ -205,7 +240,7 @@ where
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .try_init();
-    match execute(cli, build).await {
+    match execute(binary, cli, build).await {
         Ok(code) => code,
         Err(error) => {
             report_error(binary, error.as_ref());
@@ -215,13 +250,19 @@ where
 }
 
 async fn execute(
+    binary: &str,
     cli: Cli,
     build: impl FnOnce(PgPool) -> Result<Worker, ProjectionError>,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let pool = es_postgres::connect(&cli.database_url, 16, Duration::from_secs(5)).await?;
-    es_postgres::migrate(&pool).await?;
+    if administer(&pool, &cli.command).await? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    check_schema(binary, &pool).await?;
     let worker = build(pool.clone())?;
     match cli.command {
+        // Carried out by `administer`.
+        Command::Migrate | Command::Grant { .. } => {}
         Command::Run {
             projections,
             batch_size,
@@ -265,6 +306,9 @@ async fn execute(
                 };
                 all_ok &= report.ok();
                 println!("{report}");
+                if !report.recorded {
+                    println!("  (not recorded for `status`: this role may not update es_projections; `grant monitor ROLE` allows it)");
+                }
                 for event in report.missing.iter().skip(1) {
                     println!("  also never delivered: {event}");
                 }
@@ -468,6 +512,58 @@ pub fn progress_bar(
     );
     bar.set_message(message);
     bar
+}
+
+/// Carries out `migrate` and `grant`, the subcommands that change the schema or its
+/// privileges; false for the others.
+async fn administer(pool: &PgPool, command: &Command) -> Result<bool, Box<dyn std::error::Error>> {
+    match command {
+        Command::Migrate => {
+            es_postgres::migrate(pool).await?;
+            let latest = es_postgres::MIGRATOR.iter().map(|m| m.version).max();
+            println!(
+                "the framework's schema is up to date (migrations up to {})",
+                latest.unwrap_or(0)
+            );
+        }
+        Command::Grant {
+            kind,
+            role,
+            projectors,
+        } => {
+            let granted = match kind {
+                GrantKind::Writer => es_postgres::Role::Writer,
+                GrantKind::Projector => es_postgres::Role::Projector,
+                GrantKind::Monitor => es_postgres::Role::Monitor,
+                GrantKind::Reader => es_postgres::Role::Reader {
+                    projectors: projectors.clone(),
+                },
+            };
+            if !projectors.is_empty() && !matches!(kind, GrantKind::Reader) {
+                return Err("--projector is for `grant reader` only".into());
+            }
+            es_postgres::grant(pool, &granted, role).await?;
+            println!("granted {granted} privileges to {role}");
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The read-only schema check every other subcommand starts with, its error saying what to run.
+async fn check_schema(binary: &str, pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    match es_postgres::check_schema(pool).await {
+        Ok(()) => Ok(()),
+        Err(error @ es_postgres::SchemaError::Behind { .. }) => Err(format!(
+            "{error}: run `{binary} migrate` as the schema's owner, then start again"
+        )
+        .into()),
+        Err(error @ es_postgres::SchemaError::Unreadable(_)) => Err(format!(
+            "{error}: the role needs SELECT on it (`{binary} grant` gives each kind of role what it needs)"
+        )
+        .into()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Prints `error` for a person on stderr: `binary: error`, then each cause on a line of its own;

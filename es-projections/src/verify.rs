@@ -55,6 +55,9 @@ pub struct VerifyReport {
     pub missing_ignored: u64,
     /// Ledger runs that overlap an earlier run: positions delivered twice (first, last).
     pub duplicated: Vec<(i64, i64)>,
+    /// Whether the result was recorded for `status`: false when the role verifying may only
+    /// read (it needs UPDATE on `es_projections`' verification columns: the monitor role).
+    pub recorded: bool,
 }
 
 impl VerifyReport {
@@ -157,7 +160,7 @@ pub async fn verify(worker: &Worker, name: &str) -> Result<VerifyReport, Project
         }
     }
     tx.commit().await?;
-    let report = VerifyReport {
+    let mut report = VerifyReport {
         projection: name.to_string(),
         generation: state.generation,
         checked_from: GlobalPosition(from),
@@ -168,14 +171,27 @@ pub async fn verify(worker: &Worker, name: &str) -> Result<VerifyReport, Project
         missing_count,
         missing_ignored,
         duplicated,
+        recorded: false,
     };
-    checkpoint::record_verification(
+    // Best effort: a role that may only read (an operator's) verifies all the same; the result
+    // is then not shown by `status`, and the caller is told through `recorded`.
+    match checkpoint::record_verification(
         pool,
         name,
         state.generation,
         report.ok(),
         &report.to_string(),
     )
-    .await?;
+    .await
+    {
+        Ok(()) => report.recorded = true,
+        Err(error) if es_postgres::error::is_permission_denied(&error) => {
+            tracing::warn!(
+                projection = name,
+                "verification not recorded: this role may not update es_projections"
+            );
+        }
+        Err(error) => return Err(error),
+    }
     Ok(report)
 }

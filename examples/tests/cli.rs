@@ -277,3 +277,68 @@ fn binaries_print_for_people_and_never_a_secret() {
         "no Debug dump: {printed}"
     );
 }
+
+/// No subcommand but `migrate` changes the schema: on a database that is behind, they stop
+/// naming the versions and what to run; `migrate`, then `grant`, then they work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subcommands_need_migrate_first_and_grant_gives_roles_their_rights() {
+    let db = TestDatabase::empty(4).await;
+    for command in ["status", "run"] {
+        let refused = deal_worker(&db.url, &[command]);
+        assert!(!refused.status.success(), "{}", text(&refused));
+        let said = text(&refused);
+        assert!(
+            said.contains("no framework migration is recorded")
+                && said.contains("needs migrations up to")
+                && said.contains("run `deal-worker migrate`"),
+            "{said}"
+        );
+    }
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(tables, 0, "nothing was created before `migrate`");
+
+    let migrated = deal_worker(&db.url, &["migrate"]);
+    assert!(migrated.status.success(), "{}", text(&migrated));
+    assert!(
+        text(&migrated).contains("up to date"),
+        "{}",
+        text(&migrated)
+    );
+    let status = deal_worker(&db.url, &["status"]);
+    assert!(status.status.success(), "{}", text(&status));
+
+    // grant: validated, idempotent, and refused for a role that does not exist.
+    let role = format!(
+        "es_t{}_cli",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let missing = deal_worker(&db.url, &["grant", "writer", &role]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing).contains("does not exist"),
+        "{}",
+        text(&missing)
+    );
+    sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let granted = deal_worker(&db.url, &["grant", "monitor", &role]);
+        assert!(granted.status.success(), "{}", text(&granted));
+    }
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url)
+        .unwrap()
+        .username(&role);
+    let as_role = sqlx::ConnectOptions::to_url_lossy(&options).to_string();
+    let status = deal_worker(&as_role, &["status"]);
+    let said = text(&status);
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&sql).execute(&db.pool).await.unwrap();
+    }
+    assert!(status.status.success(), "{said}");
+}

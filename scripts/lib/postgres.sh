@@ -98,3 +98,25 @@ start_postgres() {
   export PG_SERVER_LOG="$PG_PRIVATE_DIR/server.log"
   pg_log "private server $("$PG_BINDIR/postgres" --version | awk '{print $3}') on port $port ($profile profile)"
 }
+
+# ensure_postgres_binaries: the server binaries (initdb, pg_ctl) for tests that start a private,
+# differently configured server (es-postgres/tests/tls.rs), also when DATABASE_URL is set.
+ensure_postgres_binaries() {
+  if [ -z "$(pg_find_bindir || true)" ]; then
+    pg_install
+  fi
+}
+
+# ensure_openssl: the openssl command, which the TLS test makes its certificates with.
+ensure_openssl() {
+  if ! command -v openssl >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "openssl is missing; install Debian's 'openssl' package." >&2
+      return 1
+    fi
+    pg_log "installing openssl from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq openssl >/dev/null
+  fi
+}

@@ -1,5 +1,5 @@
-//! The examples' worker: `deal-worker run | status | verify | rebuild deals [--shadow] |
-//! dead-letters | retry | skip`.
+//! The examples' worker: `deal-worker migrate | grant | run | status | verify |
+//! rebuild deals [--shadow] | dead-letters | retry | skip`.
 //!
 //! It runs the deals projection, the wire transfer process manager (`wires`), and, when
 //! `NATS_URL` names a NATS server with JetStream, a publisher of every deal event to it
