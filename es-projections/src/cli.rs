@@ -35,6 +35,7 @@ use es_core::{GlobalPosition, StreamId};
 use crate::dead_letters::{self, Action, DeadLetter, LetterState, Target};
 use crate::engine::ErrorPolicy;
 use crate::error::ProjectionError;
+use crate::observe::{self, ObserveConfig, Observer};
 use crate::rebuild::{abandon_shadow, rebuild_until, RebuildOptions};
 use crate::status::status;
 use crate::verify::verify;
@@ -69,6 +70,15 @@ enum Command {
         /// Park events that cannot be decoded or applied in es_dead_letters instead of stopping.
         #[arg(long)]
         dead_letter: bool,
+        /// Serve /metrics (Prometheus), /health/live, /health/ready and a status page on this
+        /// address, e.g. 0.0.0.0:9464.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
+        /// /health/ready answers 503 when a projection is behind and its checkpoint has not
+        /// moved for this many seconds (at least 1).
+        #[arg(long, default_value_t = 60, requires = "metrics_addr",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        stall_secs: u64,
     },
     /// Show each projection's checkpoint, lag, lease, errors and last verification, and what
     /// holds the horizon.
@@ -195,6 +205,8 @@ async fn execute(
             poll_ms,
             lease_ms,
             dead_letter,
+            metrics_addr,
+            stall_secs,
         } => {
             let mut config = worker.config().clone();
             config.batch_size = batch_size;
@@ -205,8 +217,25 @@ async fn execute(
             } else {
                 ErrorPolicy::Stop
             };
-            let worker = worker.with_config(config);
-            worker.run_only(&projections, shutdown_signal()).await?;
+            let mut worker = worker.with_config(config);
+            let mut serving = None;
+            if let Some(addr) = metrics_addr {
+                let observer =
+                    Observer::new(ObserveConfig::with_stall(Duration::from_secs(stall_secs)))?;
+                worker = worker.with_observer(&observer);
+                let served =
+                    observe::serve(addr.as_str(), &observer, &worker, &projections).await?;
+                eprintln!(
+                    "metrics on http://{0}/metrics, health on /health/ready, status page on http://{0}/",
+                    served.local_addr()
+                );
+                serving = Some(served);
+            }
+            let ran = worker.run_only(&projections, shutdown_signal()).await;
+            if let Some(serving) = serving {
+                serving.stop().await;
+            }
+            ran?;
         }
         Command::Status => print!("{}", status(&pool).await?),
         Command::Verify { names } => {

@@ -95,6 +95,7 @@ pub struct Worker {
     upcasters: Arc<Upcasters>,
     units: Vec<Unit>,
     config: WorkerConfig,
+    recorder: crate::observe::Recorder,
 }
 
 /// What a worker runs under one name.
@@ -136,6 +137,7 @@ impl Worker {
             upcasters: Arc::new(upcasters),
             units: Vec::new(),
             config: WorkerConfig::default(),
+            recorder: Default::default(),
         }
     }
 
@@ -190,6 +192,13 @@ impl Worker {
     /// Uses this configuration.
     pub fn with_config(mut self, config: WorkerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Records batches, applied events and errors into `observer`'s metrics
+    /// (see [`crate::observe`]).
+    pub fn with_observer(mut self, observer: &crate::observe::Observer) -> Self {
+        self.recorder = observer.recorder();
         self
     }
 
@@ -366,6 +375,7 @@ struct ProjectionTask {
     blocked: HashSet<StreamId>,
     /// When dead-letter requests were last looked for.
     letters_checked: Option<Instant>,
+    recorder: crate::observe::Recorder,
 }
 
 impl ProjectionTask {
@@ -385,6 +395,7 @@ impl ProjectionTask {
             committed: false,
             blocked: HashSet::new(),
             letters_checked: None,
+            recorder: worker.recorder.clone(),
         }
     }
 
@@ -424,6 +435,8 @@ impl ProjectionTask {
                     self.pause(cap).await;
                 }
                 Ok(Held::Lost) => {
+                    self.recorder
+                        .error(self.name(), self.unit.kind(), "lease_lost");
                     info!(
                         projection = self.name(),
                         "lease lost; following the live generation or standing by"
@@ -431,11 +444,16 @@ impl ProjectionTask {
                     retry_failed = false;
                 }
                 Err(error) if error.is_transient() => {
+                    self.recorder
+                        .error(self.name(), self.unit.kind(), "transient");
                     warn!(projection = self.name(), %error, ?backoff, "transient error; retrying from the checkpoint");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    self.recorder.error(self.name(), self.unit.kind(), "failed");
+                    return Err(error);
+                }
             }
         }
         info!(projection = self.name(), "stopped");
@@ -569,6 +587,7 @@ impl ProjectionTask {
             if !self.carry_out_if_due(lease).await? {
                 return Ok(Held::Lost);
             }
+            let started = Instant::now();
             let mut tx = self.pool.begin().await?;
             let batch = read_batch(&mut tx, &cursor, self.config.batch_size).await?;
             if batch.is_idle(&cursor) {
@@ -602,6 +621,9 @@ impl ProjectionTask {
                 return Ok(Held::Lost);
             };
             tx.commit().await?;
+            let kind = self.unit.kind();
+            self.recorder
+                .batch(self.name(), kind, outcome.applied, started.elapsed());
             self.blocked = blocked;
             renewed = Instant::now();
             self.committed = true;
@@ -643,6 +665,7 @@ impl ProjectionTask {
             if !self.carry_out_if_due(lease).await? {
                 return Ok(Held::Lost);
             }
+            let started = Instant::now();
             let mut tx = self.pool.begin().await?;
             let batch = read_batch(&mut tx, &cursor, batch_size).await?;
             tx.commit().await?;
@@ -692,6 +715,9 @@ impl ProjectionTask {
                 return Ok(Held::Lost);
             }
             tx.commit().await?;
+            let kind = self.unit.kind();
+            self.recorder
+                .batch(self.name(), kind, outcome.applied, started.elapsed());
             keeper.renewed_now();
             self.blocked = blocked;
             self.committed = true;
