@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use tracing::warn;
@@ -181,7 +181,9 @@ impl Sampled {
         let now = Instant::now();
         StatusJson {
             head: self.head,
-            sampled_at: self.last_ok.map(|(_, at)| at.to_rfc3339()),
+            sampled_at: self
+                .last_ok
+                .map(|(_, at)| at.to_rfc3339_opts(SecondsFormat::Secs, true)),
             sample_error: self.last_error.clone(),
             ready: readiness.ready,
             reasons: readiness.reasons,
@@ -209,7 +211,7 @@ impl Sampled {
                             .map(|(e, _)| e.clone()),
                         last_error_at: p
                             .and_then(|p| p.last_error.as_ref())
-                            .map(|(_, at)| at.to_rfc3339()),
+                            .map(|(_, at)| at.to_rfc3339_opts(SecondsFormat::Secs, true)),
                         not_ready: u.progress.verdict(&u.name, p, self.head, stall, now),
                         history: u
                             .history
