@@ -173,22 +173,44 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let cli = Cli::parse_from(args);
-    // A second call in one process (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
+    let subscriber = tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
-        .try_init();
-    match execute(cli, build).await {
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // With the `otel` feature and OTEL_EXPORTER_OTLP_ENDPOINT set, spans are exported too.
+    #[cfg(feature = "otel")]
+    let (subscriber, provider) = match observe::otel::layer(binary) {
+        Ok(Some((layer, provider))) => (subscriber.with(Some(layer)), Some(provider)),
+        Ok(None) => (subscriber.with(None), None),
+        Err(error) => {
+            report_error(binary, &error);
+            eprintln!(
+                "{binary}: traces are not exported; check {}",
+                observe::otel::ENDPOINT
+            );
+            (subscriber.with(None), None)
+        }
+    };
+    // A second call in one process (tests) keeps the first subscriber.
+    let _ = subscriber.try_init();
+    let code = match execute(cli, build).await {
         Ok(code) => code,
         Err(error) => {
             report_error(binary, error.as_ref());
             ExitCode::FAILURE
         }
+    };
+    #[cfg(feature = "otel")]
+    if let Some(provider) = provider {
+        // Sends the spans still buffered; blocks on the exporter's thread, so not on ours.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
+    code
 }
 
 async fn execute(

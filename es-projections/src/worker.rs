@@ -690,7 +690,12 @@ impl ProjectionTask {
                 parked: Vec::new(),
                 stop: None,
             };
-            let outcome = consumer.handle_batch(batch.events, &mut context).await?;
+            let span = crate::observe::batch_span(self.name(), self.unit.kind(), lease, &delivered);
+            let outcome = tracing::Instrument::instrument(
+                consumer.handle_batch(batch.events, &mut context),
+                span,
+            )
+            .await?;
             let (parked, stop) = (std::mem::take(&mut context.parked), context.stop.take());
             drop(context);
             if keeper.lost() {

@@ -51,6 +51,27 @@ use tokio::net::ToSocketAddrs;
 use tokio::sync::watch;
 
 pub(crate) use metrics::Recorder;
+#[cfg(feature = "otel")]
+pub(crate) mod otel;
+
+/// The span of a consumer's batch (a projection's is `engine::apply_and_checkpoint`'s): the
+/// same fields, so that traces show both alike.
+pub(crate) fn batch_span(
+    projection: &str,
+    kind: &str,
+    lease: &crate::checkpoint::Lease,
+    delivered: &[i64],
+) -> tracing::Span {
+    tracing::info_span!(
+        "batch",
+        projection,
+        kind,
+        generation = lease.generation,
+        first_position = delivered.iter().min(),
+        last_position = delivered.iter().max(),
+        events = delivered.len(),
+    )
+}
 
 use crate::error::ProjectionError;
 use crate::worker::Worker;
