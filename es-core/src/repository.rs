@@ -434,6 +434,15 @@ impl<A: Aggregate> Repository<A> {
     /// A command whose events claim or release unique values
     /// ([`Aggregate::unique_changes`]), or that carries a key, is written as a [`Commit`]; any
     /// other takes the store's plain append.
+    ///
+    /// Runs in a `command` span (aggregate, stream, and the expected version and attempt of
+    /// the last append tried).
+    #[tracing::instrument(name = "command", skip_all, fields(
+        aggregate = A::TYPE,
+        stream = %stream,
+        expected_version = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+    ))]
     pub async fn execute_with(
         &self,
         stream: &StreamId,
@@ -500,6 +509,9 @@ impl<A: Aggregate> Repository<A> {
                 .map(|event| EventData::from_event(event, options.metadata.clone()))
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = ExpectedVersion::Exact(loaded.version);
+            let span = tracing::Span::current();
+            span.record("expected_version", tracing::field::display(expected));
+            span.record("attempt", attempt);
             let uniques: Vec<UniqueChange> = events.iter().flat_map(A::unique_changes).collect();
             let written = if key.is_none() && uniques.is_empty() {
                 self.store
@@ -649,6 +661,12 @@ impl<A: Aggregate> Repository<A> {
     /// `decide` returns one list of events per stream, in the same order. A stream given no
     /// events is not written, and its version is not checked: the decision must not rely on
     /// it staying unchanged.
+    ///
+    /// Runs in a `command` span (aggregate, the streams).
+    #[tracing::instrument(name = "command", skip_all, fields(
+        aggregate = A::TYPE,
+        streams = %streams.iter().map(StreamId::as_str).collect::<Vec<_>>().join(","),
+    ))]
     pub async fn execute_across<F>(
         &self,
         streams: &[StreamId],

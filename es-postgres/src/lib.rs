@@ -34,6 +34,7 @@
 mod append;
 mod commit;
 pub mod connect;
+mod counts;
 pub mod error;
 mod event_types;
 pub mod group_commit;
@@ -50,6 +51,7 @@ mod uniques;
 pub mod testing;
 
 pub use connect::{connect, ConnectError};
+pub use counts::{append_counts, AppendCounts};
 pub use group_commit::GroupCommit;
 pub use log_reader::{
     log_head, read_at, read_batch, streams_after, Hole, Horizon, LogBatch, LogCursor,

@@ -559,6 +559,7 @@ impl EventStore for PgEventStore {
             let committed = self
                 .commit_prepared(&Prepared::single(stream, expected, columns))
                 .await?;
+            crate::counts::record(count as u64);
             self.wake_workers();
             return single_result(stream, &committed);
         }
@@ -581,6 +582,7 @@ impl EventStore for PgEventStore {
             grouped = grouped.is_some(),
             "appended"
         );
+        crate::counts::record(count as u64);
         self.wake_workers();
         Ok(appended)
     }
@@ -596,6 +598,7 @@ impl EventStore for PgEventStore {
             "committed"
         );
         if !committed.replayed {
+            crate::counts::record(committed.streams.iter().map(|s| s.events).sum());
             self.wake_workers();
         }
         if keyed {

@@ -43,6 +43,7 @@ use crate::dead_letters::{self, Action, DeadLetter, LetterState, Target};
 use crate::engine::ErrorPolicy;
 use crate::error::ProjectionError;
 use crate::generations::{abandon_shadow, compare, drop_retired, rollback, switch, Switched};
+use crate::observe::{self, ObserveConfig, Observer};
 use crate::rebuild::{rebuild_until, RebuildOptions};
 use crate::status::{count_to_apply, status};
 use crate::verify::verify;
@@ -93,6 +94,15 @@ enum Command {
         /// Park events that cannot be decoded or applied in es_dead_letters instead of stopping.
         #[arg(long)]
         dead_letter: bool,
+        /// Serve /metrics (Prometheus), /health/live, /health/ready and a status page on this
+        /// address, e.g. 0.0.0.0:9464.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
+        /// /health/ready answers 503 when a projection is behind and its checkpoint has not
+        /// moved for this many seconds (at least 1).
+        #[arg(long, default_value_t = 60, requires = "metrics_addr",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        stall_secs: u64,
     },
     /// Show each projection's checkpoint, lag, lease, errors and last verification, and what
     /// holds the horizon.
@@ -231,22 +241,44 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let cli = Cli::parse_from(args);
-    // A second call in one process (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
+    let subscriber = tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
-        .try_init();
-    match execute(binary, cli, build).await {
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // With the `otel` feature and OTEL_EXPORTER_OTLP_ENDPOINT set, spans are exported too.
+    #[cfg(feature = "otel")]
+    let (subscriber, provider) = match observe::otel::layer(binary) {
+        Ok(Some((layer, provider))) => (subscriber.with(Some(layer)), Some(provider)),
+        Ok(None) => (subscriber.with(None), None),
+        Err(error) => {
+            report_error(binary, &error);
+            eprintln!(
+                "{binary}: traces are not exported; check {}",
+                observe::otel::ENDPOINT
+            );
+            (subscriber.with(None), None)
+        }
+    };
+    // A second call in one process (tests) keeps the first subscriber.
+    let _ = subscriber.try_init();
+    let code = match execute(binary, cli, build).await {
         Ok(code) => code,
         Err(error) => {
             report_error(binary, error.as_ref());
             ExitCode::FAILURE
         }
+    };
+    #[cfg(feature = "otel")]
+    if let Some(provider) = provider {
+        // Sends the spans still buffered; blocks on the exporter's thread, so not on ours.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
+    code
 }
 
 async fn execute(
@@ -269,6 +301,8 @@ async fn execute(
             poll_ms,
             lease_ms,
             dead_letter,
+            metrics_addr,
+            stall_secs,
         } => {
             let mut config = worker.config().clone();
             config.batch_size = batch_size;
@@ -279,8 +313,25 @@ async fn execute(
             } else {
                 ErrorPolicy::Stop
             };
-            let worker = worker.with_config(config);
-            worker.run_only(&projections, shutdown_signal()).await?;
+            let mut worker = worker.with_config(config);
+            let mut serving = None;
+            if let Some(addr) = metrics_addr {
+                let observer =
+                    Observer::new(ObserveConfig::with_stall(Duration::from_secs(stall_secs)))?;
+                worker = worker.with_observer(&observer);
+                let served =
+                    observe::serve(addr.as_str(), &observer, &worker, &projections).await?;
+                eprintln!(
+                    "metrics on http://{0}/metrics, health on /health/ready, status page on http://{0}/",
+                    served.local_addr()
+                );
+                serving = Some(served);
+            }
+            let ran = worker.run_only(&projections, shutdown_signal()).await;
+            if let Some(serving) = serving {
+                serving.stop().await;
+            }
+            ran?;
         }
         Command::Status => {
             let mut status = status(&pool).await?;

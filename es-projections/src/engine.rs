@@ -176,8 +176,16 @@ fn transient(projection: &str, error: ProjectorError) -> ProjectionError {
 
 /// Applies a batch read by the log reader and writes the checkpoint after it, both in `tx` and
 /// fenced by `lease` (`checkpoint::hold`, then `checkpoint::save`). None when the lease was lost:
-/// the caller must roll back. The caller commits.
+/// the caller must roll back. The caller commits. Runs in a `batch` span: projection,
+/// generation, the positions delivered (lowest, highest) and how many.
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(name = "batch", skip_all, fields(
+    projection = projector.name(),
+    generation = lease.generation,
+    first_position = batch.events.iter().map(|e| e.global_position.0).min(),
+    last_position = batch.events.iter().map(|e| e.global_position.0).max(),
+    events = batch.events.len(),
+))]
 pub(crate) async fn apply_and_checkpoint(
     tx: &mut PgConnection,
     projector: &dyn DynProjector,

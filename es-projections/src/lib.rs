@@ -16,6 +16,8 @@
 //!   manager is a reactor that executes commands ([`process::Trigger`] gives each one its
 //!   idempotency key, causation and correlation). Publish the log to a broker with a
 //!   [`publisher::Publisher`] (NATS JetStream: `nats`, feature `nats`).
+//! - Give operators metrics, health probes and a status page with an [`Observer`]
+//!   ([`observe`]; `run --metrics-addr` in the CLI).
 //! - After a command, [`wait_for`] the append's position to read your own write.
 //! - Projections here are asynchronous: they trail the write by milliseconds. For a read that
 //!   must see the latest write, load the aggregate with a [`ReadModelSource`]: the projection's
@@ -54,7 +56,7 @@
 //! [`process`], [`dead_letters`], [`publisher`], [`rebuild`](mod@rebuild),
 //! [`generations`] (blue/green: compare, switch, rollback),
 //! [`status`](mod@status), [`verify`](mod@verify) (proving nothing was skipped),
-//! [`wait`](mod@wait), [`state_source`], [`views`], [`cli`].
+//! [`wait`](mod@wait), [`state_source`], [`views`], [`observe`], [`cli`].
 
 mod checkpoint;
 pub mod cli;
@@ -65,6 +67,7 @@ pub mod error;
 pub mod generations;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod observe;
 pub mod process;
 pub mod projector;
 pub mod publisher;
@@ -86,6 +89,7 @@ pub use error::{EventLocation, InvalidName, ProjectionError, ProjectorError};
 pub use generations::{
     abandon_shadow, compare, drop_retired, rollback, switch, Comparison, Switched,
 };
+pub use observe::{ObserveConfig, ObserveError, Observer, Serving};
 pub use projector::{Projector, Tables};
 pub use reactor::{OnFailure, ReactionError, Reactor, ReactorOptions};
 pub use rebuild::{rebuild, rebuild_until, RebuildOptions, RebuildProgress, RebuildReport};

@@ -95,6 +95,7 @@ pub struct Worker {
     upcasters: Arc<Upcasters>,
     units: Vec<Unit>,
     config: WorkerConfig,
+    recorder: crate::observe::Recorder,
 }
 
 /// What a worker runs under one name.
@@ -154,6 +155,7 @@ impl Worker {
             upcasters: Arc::new(upcasters),
             units: Vec::new(),
             config: WorkerConfig::default(),
+            recorder: Default::default(),
         }
     }
 
@@ -208,6 +210,13 @@ impl Worker {
     /// Uses this configuration.
     pub fn with_config(mut self, config: WorkerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Records batches, applied events and errors into `observer`'s metrics
+    /// (see [`crate::observe`]).
+    pub fn with_observer(mut self, observer: &crate::observe::Observer) -> Self {
+        self.recorder = observer.recorder();
         self
     }
 
@@ -461,6 +470,7 @@ struct ProjectionTask {
     letters_checked: Option<Instant>,
     /// Whether it said that the generation is built by another version of the code.
     told_version: bool,
+    recorder: crate::observe::Recorder,
 }
 
 impl ProjectionTask {
@@ -483,6 +493,7 @@ impl ProjectionTask {
             blocked: HashSet::new(),
             letters_checked: None,
             told_version: false,
+            recorder: worker.recorder.clone(),
         }
     }
 
@@ -522,6 +533,8 @@ impl ProjectionTask {
                     self.pause(cap).await;
                 }
                 Ok(Held::Lost) => {
+                    self.recorder
+                        .error(self.name(), self.unit.kind(), "lease_lost");
                     info!(
                         projection = self.name(),
                         "lease lost; following the live generation or standing by"
@@ -529,11 +542,16 @@ impl ProjectionTask {
                     retry_failed = false;
                 }
                 Err(error) if error.is_transient() => {
+                    self.recorder
+                        .error(self.name(), self.unit.kind(), "transient");
                     warn!(projection = self.name(), %error, ?backoff, "transient error; retrying from the checkpoint");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    self.recorder.error(self.name(), self.unit.kind(), "failed");
+                    return Err(error);
+                }
             }
         }
         info!(projection = self.name(), "stopped");
@@ -715,6 +733,7 @@ impl ProjectionTask {
             if !self.carry_out_if_due(lease).await? {
                 return Ok(Held::Lost);
             }
+            let started = Instant::now();
             let mut tx = self.pool.begin().await?;
             let batch = read_batch(&mut tx, &cursor, self.config.batch_size).await?;
             if batch.is_idle(&cursor) {
@@ -748,6 +767,9 @@ impl ProjectionTask {
                 return Ok(Held::Lost);
             };
             tx.commit().await?;
+            let kind = self.unit.kind();
+            self.recorder
+                .batch(self.name(), kind, outcome.applied, started.elapsed());
             self.blocked = blocked;
             renewed = Instant::now();
             self.committed = true;
@@ -789,6 +811,7 @@ impl ProjectionTask {
             if !self.carry_out_if_due(lease).await? {
                 return Ok(Held::Lost);
             }
+            let started = Instant::now();
             let mut tx = self.pool.begin().await?;
             let batch = read_batch(&mut tx, &cursor, batch_size).await?;
             tx.commit().await?;
@@ -813,7 +836,12 @@ impl ProjectionTask {
                 parked: Vec::new(),
                 stop: None,
             };
-            let outcome = consumer.handle_batch(batch.events, &mut context).await?;
+            let span = crate::observe::batch_span(self.name(), self.unit.kind(), lease, &delivered);
+            let outcome = tracing::Instrument::instrument(
+                consumer.handle_batch(batch.events, &mut context),
+                span,
+            )
+            .await?;
             let (parked, stop) = (std::mem::take(&mut context.parked), context.stop.take());
             drop(context);
             if keeper.lost() {
@@ -838,6 +866,9 @@ impl ProjectionTask {
                 return Ok(Held::Lost);
             }
             tx.commit().await?;
+            let kind = self.unit.kind();
+            self.recorder
+                .batch(self.name(), kind, outcome.applied, started.elapsed());
             keeper.renewed_now();
             self.blocked = blocked;
             self.committed = true;

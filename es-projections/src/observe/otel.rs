@@ -1,0 +1,48 @@
+//! OpenTelemetry export of the traces (feature `otel`): when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//! set, [`crate::cli::main`] adds a `tracing-opentelemetry` layer whose spans (`batch` per
+//! batch, `command` per command, and whatever the application adds) go to that OTLP/gRPC
+//! endpoint in batches, from a background thread. The exporter reads the other standard
+//! variables itself (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `..._TIMEOUT`, `..._HEADERS`);
+//! `OTEL_SERVICE_NAME` names the service, the binary's name otherwise.
+//!
+//! Premise: built inside a tokio runtime (the gRPC client needs one); `cli::main` is async.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
+use tracing_opentelemetry::OpenTelemetryLayer;
+
+/// The environment variable that turns the export on.
+pub(crate) const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// The layer that exports spans, and its provider.
+pub(crate) type Export<S> = (OpenTelemetryLayer<S, Tracer>, SdkTracerProvider);
+
+/// The layer and its provider (shut it down before exiting, to send what is buffered), or None
+/// when `OTEL_EXPORTER_OTLP_ENDPOINT` is not set.
+pub(crate) fn layer<S>(
+    binary: &str,
+) -> Result<Option<Export<S>>, opentelemetry_otlp::ExporterBuildError>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    if std::env::var_os(ENDPOINT).is_none_or(|v| v.is_empty()) {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| binary.to_string());
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer(binary.to_string());
+    Ok(Some((
+        tracing_opentelemetry::layer().with_tracer(tracer),
+        provider,
+    )))
+}
