@@ -42,6 +42,29 @@ pub enum StoreError {
         /// The store's limit in bytes.
         limit: usize,
     },
+    /// A string or object key in an event's payload or metadata holds a NUL character
+    /// (`\u0000`), which PostgreSQL's `jsonb` cannot store. Every store refuses it before
+    /// writing, the in-memory one too, so that a test meets the refusal production would. Not
+    /// retryable: remove the character, or carry binary data encoded (base64). Nothing was
+    /// written.
+    #[error(
+        "event {event_type} (number {} of the append to stream {stream}) holds a NUL character (\\u0000) in {} of its {part}: PostgreSQL's jsonb cannot store it; remove it, or encode binary data (base64). Nothing was written",
+        .index + 1,
+        describe_pointer(.pointer)
+    )]
+    NulCharacter {
+        /// The stream appended to.
+        stream: StreamId,
+        /// The event's index in the append (0 for the first).
+        index: usize,
+        /// The event's type.
+        event_type: String,
+        /// Where in the event: `"payload"` or `"metadata"`.
+        part: &'static str,
+        /// The JSON pointer (RFC 6901) of the first string holding it, or of the object member
+        /// whose key holds it; `""` when the whole payload is that string.
+        pointer: String,
+    },
     /// An event type name is empty or too long. A caller bug.
     #[error("invalid event type {event_type:?}: {reason}")]
     InvalidEventType {
@@ -142,6 +165,17 @@ impl StoreError {
                 transient: true,
                 ..
             }
+        )
+    }
+}
+
+fn describe_pointer(pointer: &str) -> String {
+    if pointer.is_empty() {
+        "the top-level string".to_string()
+    } else {
+        format!(
+            "the string or key at {}",
+            crate::stream::escape_for_display(pointer)
         )
     }
 }
