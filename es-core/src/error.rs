@@ -208,6 +208,11 @@ pub enum EncodeError {
         /// The type name.
         event_type: String,
     },
+    /// The aggregate's state did not serialise for a snapshot
+    /// ([`Repository::snapshot_now`](crate::Repository::snapshot_now)). Fix its `Serialize`
+    /// (a map with non-string keys is the usual cause).
+    #[error("cannot serialise the aggregate's state for a snapshot: {0}")]
+    SnapshotState(#[source] serde_json::Error),
     /// Metadata given as JSON was not an object of the expected shape.
     #[error("invalid metadata: {reason}")]
     InvalidMetadata {
@@ -354,4 +359,9 @@ pub enum RepositoryError<E: StdError + 'static> {
     /// Found before anything was loaded or written; fix the registry and restart.
     #[error(transparent)]
     Unreadable(#[from] crate::upcast::UpcasterChainError),
+    /// [`Repository::snapshot_now`](crate::Repository::snapshot_now) on a repository with no
+    /// snapshot store. A caller bug: build it with
+    /// [`Repository::with_snapshots`](crate::Repository::with_snapshots).
+    #[error("this repository has no snapshot store: build it with with_snapshots")]
+    NoSnapshotStore,
 }
