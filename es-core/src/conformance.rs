@@ -245,7 +245,8 @@ pub async fn read_all_in_position_order<S: EventStore>(store: S) {
     }
 }
 
-/// Empty appends, invalid type names and oversized events are typed errors, and a batch with
+/// Empty appends, invalid type names, oversized events and NUL characters in a payload or
+/// metadata (PostgreSQL's jsonb cannot store them) are typed errors, and a batch or commit with
 /// one bad event writes none of it.
 pub async fn bad_input_writes_nothing<S: EventStore>(store: S) {
     let s = stream("conformance-bad-input");
@@ -271,12 +272,86 @@ pub async fn bad_input_writes_nothing<S: EventStore>(store: S) {
         "{unnamed:?}"
     );
 
+    // PostgreSQL's jsonb cannot store a NUL character: refused, by every store, naming the
+    // event and the place, in the payload (a value or a key) or in the metadata.
+    let mut batch = events(100, "batch");
+    batch[42] = EventData::raw("Noted", 1, json!({ "notes": ["fine", "bad\u{0}byte"] }));
+    let nul = store.append(&s, ExpectedVersion::Any, batch).await;
+    match &nul {
+        Err(
+            error @ StoreError::NulCharacter {
+                stream,
+                index: 42,
+                event_type,
+                part: "payload",
+                pointer,
+            },
+        ) if *stream == s && event_type == "Noted" && pointer == "/notes/1" => {
+            let message = error.to_string();
+            assert!(
+                message.contains("NUL character") && message.contains("jsonb"),
+                "{message}"
+            );
+        }
+        other => panic!("a NUL in a payload string: {other:?}"),
+    }
+    let mut batch = events(3, "batch");
+    batch[0].payload = json!({ "key\u{0}": 1 });
+    let key = store.append(&s, ExpectedVersion::Any, batch).await;
+    assert!(
+        matches!(&key, Err(StoreError::NulCharacter { index: 0, pointer, .. }) if pointer == "/key\u{0}"),
+        "{key:?}"
+    );
+    let mut batch = events(3, "batch");
+    batch[2].metadata.actor = Some("operator\u{0}".into());
+    let metadata = store
+        .commit(
+            Commit::new()
+                .with(StreamAppend::new(
+                    stream("conformance-bad-input-2"),
+                    ExpectedVersion::Any,
+                    events(2, "ok"),
+                ))
+                .with(StreamAppend::new(s.clone(), ExpectedVersion::Any, batch)),
+        )
+        .await;
+    assert!(
+        matches!(&metadata, Err(StoreError::NulCharacter { index: 2, part: "metadata", pointer, .. }) if pointer == "/actor"),
+        "{metadata:?}"
+    );
+    let fine = store
+        .append(
+            &stream("conformance-bad-input-3"),
+            ExpectedVersion::NoStream,
+            vec![EventData::raw(
+                "Noted",
+                1,
+                json!({ "escaped": "\\u0000", "nul": "NUL" }),
+            )],
+        )
+        .await;
+    assert!(
+        fine.is_ok(),
+        "the text \\u0000 is no NUL character: {fine:?}"
+    );
+    let fine = fine.map(|f| f.global_position).unwrap_or_default();
+
     assert_eq!(store.stream_version(&s).await.expect("version"), None);
-    assert!(store
+    assert_eq!(
+        store
+            .stream_version(&stream("conformance-bad-input-2"))
+            .await
+            .expect("version"),
+        None
+    );
+    let all = store
         .read_all(GlobalPosition::START, 10)
         .await
-        .expect("read all")
-        .is_empty());
+        .expect("read all");
+    assert_eq!(
+        all.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        vec![fine]
+    );
 }
 
 /// Of `tasks` concurrent appends with the same expected version, exactly one wins, and the

@@ -42,6 +42,29 @@ pub enum StoreError {
         /// The store's limit in bytes.
         limit: usize,
     },
+    /// A string or object key in an event's payload or metadata holds a NUL character
+    /// (`\u0000`), which PostgreSQL's `jsonb` cannot store. Every store refuses it before
+    /// writing, the in-memory one too, so that a test meets the refusal production would. Not
+    /// retryable: remove the character, or carry binary data encoded (base64). Nothing was
+    /// written.
+    #[error(
+        "event {event_type} (number {} of the append to stream {stream}) holds a NUL character (\\u0000) in {} of its {part}: PostgreSQL's jsonb cannot store it; remove it, or encode binary data (base64). Nothing was written",
+        .index + 1,
+        describe_pointer(.pointer)
+    )]
+    NulCharacter {
+        /// The stream appended to.
+        stream: StreamId,
+        /// The event's index in the append (0 for the first).
+        index: usize,
+        /// The event's type.
+        event_type: String,
+        /// Where in the event: `"payload"` or `"metadata"`.
+        part: &'static str,
+        /// The JSON pointer (RFC 6901) of the first string holding it, or of the object member
+        /// whose key holds it; `""` when the whole payload is that string.
+        pointer: String,
+    },
     /// An event type name is empty or too long. A caller bug.
     #[error("invalid event type {event_type:?}: {reason}")]
     InvalidEventType {
@@ -146,6 +169,17 @@ impl StoreError {
     }
 }
 
+fn describe_pointer(pointer: &str) -> String {
+    if pointer.is_empty() {
+        "the top-level string".to_string()
+    } else {
+        format!(
+            "the string or key at {}",
+            crate::stream::escape_for_display(pointer)
+        )
+    }
+}
+
 fn display_version(v: &Option<StreamVersion>) -> String {
     match v {
         Some(v) => format!("version {v}"),
@@ -174,6 +208,11 @@ pub enum EncodeError {
         /// The type name.
         event_type: String,
     },
+    /// The aggregate's state did not serialise for a snapshot
+    /// ([`Repository::snapshot_now`](crate::Repository::snapshot_now)). Fix its `Serialize`
+    /// (a map with non-string keys is the usual cause).
+    #[error("cannot serialise the aggregate's state for a snapshot: {0}")]
+    SnapshotState(#[source] serde_json::Error),
     /// Metadata given as JSON was not an object of the expected shape.
     #[error("invalid metadata: {reason}")]
     InvalidMetadata {
@@ -320,4 +359,9 @@ pub enum RepositoryError<E: StdError + 'static> {
     /// Found before anything was loaded or written; fix the registry and restart.
     #[error(transparent)]
     Unreadable(#[from] crate::upcast::UpcasterChainError),
+    /// [`Repository::snapshot_now`](crate::Repository::snapshot_now) on a repository with no
+    /// snapshot store. A caller bug: build it with
+    /// [`Repository::with_snapshots`](crate::Repository::with_snapshots).
+    #[error("this repository has no snapshot store: build it with with_snapshots")]
+    NoSnapshotStore,
 }

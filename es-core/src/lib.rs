@@ -94,5 +94,7 @@ pub use repository::{
 };
 pub use snapshot::{Snapshot, SnapshotPolicy, SnapshotStore, SnapshotWrite, StateSource};
 pub use store::{AppendResult, EventStore, StoreLimits};
-pub use stream::{ExpectedVersion, GlobalPosition, InvalidStreamId, StreamId, StreamVersion};
+pub use stream::{
+    escape_for_display, ExpectedVersion, GlobalPosition, InvalidStreamId, StreamId, StreamVersion,
+};
 pub use upcast::{EventEnvelope, UpcastFn, UpcasterChainError, Upcasters, UpcastersBuilder};

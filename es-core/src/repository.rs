@@ -13,11 +13,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::aggregate::Aggregate;
 use crate::commit::{Commit, Committed, IdempotencyKey, StreamAppend, UniqueChange};
-use crate::error::{RepositoryError, StoreError};
+use crate::error::{EncodeError, RepositoryError, StoreError};
 use crate::event::{EventData, Metadata};
 use crate::snapshot::{Snapshot, SnapshotPolicy, SnapshotStore, SnapshotWrite, StateSource};
 use crate::store::EventStore;
@@ -1003,6 +1003,89 @@ impl<A: Aggregate + Serialize + DeserializeOwned> Repository<A> {
             from_json: |json| serde_json::from_value(json),
         });
         self
+    }
+
+    /// Snapshots one stream now, whatever the policy: loads the aggregate (from its latest
+    /// usable snapshot, or state source, and the events after it) and stores its state at the
+    /// version loaded, awaiting the write. Returns that version, or `None` for a stream with no
+    /// events (nothing is stored).
+    ///
+    /// For an operator or a batch job: snapshot a few long streams once (appended to straight
+    /// through the store, or before the policy was turned on), or take new snapshots of the hot
+    /// streams right after a release that raised [`STATE_VERSION`](Aggregate::STATE_VERSION),
+    /// instead of waiting for each to cross its next boundary. It writes no event and never
+    /// conflicts: a snapshot is the fold of the events up to its version, true whatever is
+    /// appended meanwhile; the store keeps the newest of two racing snapshots.
+    ///
+    /// Unlike the policy's snapshots, which are best effort, a failure is returned:
+    /// [`RepositoryError::NoSnapshotStore`] without [`Repository::with_snapshots`], an
+    /// [`EncodeError::SnapshotState`] when the state does not serialise, or the store's error.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use es_core::{Aggregate, DomainEvent, InMemoryStore, Repository, SnapshotPolicy, SnapshotWrite, StreamId};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Default, Serialize, Deserialize)] struct Counter { value: u64 }
+    /// # #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    /// # enum CounterEvent { Incremented { by: u64 } }
+    /// # impl DomainEvent for CounterEvent {
+    /// #     const EVENT_TYPES: &'static [(&'static str, u32)] = &[("Incremented", 1)];
+    /// # }
+    /// # #[derive(Debug, thiserror::Error)] #[error("zero")] struct Zero;
+    /// # impl Aggregate for Counter {
+    /// #     const TYPE: &'static str = "counter";
+    /// #     type Command = u64; type Event = CounterEvent; type Error = Zero;
+    /// #     fn handle(&self, by: u64) -> Result<Vec<CounterEvent>, Zero> {
+    /// #         if by == 0 { Err(Zero) } else { Ok(vec![CounterEvent::Incremented { by }]) }
+    /// #     }
+    /// #     fn apply(&mut self, CounterEvent::Incremented { by }: &CounterEvent) { self.value += by; }
+    /// # }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = InMemoryStore::new();
+    /// let counters = Repository::<Counter>::new(store.clone()).with_snapshots(
+    ///     Arc::new(store),
+    ///     SnapshotPolicy::Never,
+    ///     SnapshotWrite::Inline,
+    /// );
+    /// let id = StreamId::new("counter-1")?;
+    /// counters.execute(&id, 2).await?;
+    /// counters.execute(&id, 3).await?;
+    /// assert_eq!(counters.snapshot_now(&id).await?.map(|v| v.0), Some(2));
+    /// let loaded = counters.load(&id).await?;
+    /// assert_eq!((loaded.state.value, loaded.events_replayed), (5, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn snapshot_now(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<StreamVersion>, RepositoryError<A::Error>> {
+        let Some(snapshots) = &self.snapshots else {
+            return Err(RepositoryError::NoSnapshotStore);
+        };
+        let loaded = self.load(stream).await?;
+        if loaded.version == StreamVersion::INITIAL {
+            return Ok(None);
+        }
+        let state = (snapshots.to_json)(&loaded.state).map_err(EncodeError::SnapshotState)?;
+        snapshots
+            .store
+            .save_snapshot(Snapshot {
+                stream_id: stream.clone(),
+                aggregate_type: A::TYPE.to_string(),
+                stream_version: loaded.version,
+                state_version: A::STATE_VERSION,
+                state,
+                taken_at: Utc::now(),
+            })
+            .await?;
+        info!(
+            stream = %stream,
+            version = %loaded.version,
+            replayed = loaded.events_replayed,
+            "snapshot taken"
+        );
+        Ok(Some(loaded.version))
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! A snapshot carries the aggregate's [`STATE_VERSION`](crate::Aggregate::STATE_VERSION); one of
 //! another version is ignored (the stream is replayed and the next snapshot replaces it).
-//! Snapshot writes are best effort: a failed write is logged and never fails a command.
+//! Snapshot writes under the policy are best effort: a failed write is logged and never fails a
+//! command. [`Repository::snapshot_now`](crate::Repository::snapshot_now) snapshots one stream on
+//! demand and returns a failed write as an error.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -1,6 +1,19 @@
 //! The [`EventStore`] trait, what an append returns, and the input checks every store shares.
+//!
+//! The checks ([`StoreLimits::check`]) run before anything is written, in every store, so that
+//! the in-memory store used by tests refuses exactly what PostgreSQL would, with the same typed
+//! error, and PostgreSQL's refusal never reaches a user as a storage error. One of them comes
+//! from PostgreSQL: its `jsonb` type rejects the escape `\u0000` in a string, because a NUL
+//! character cannot be represented in its `text` type (PostgreSQL documentation, "JSON Types",
+//! section 8.14: `json_lex_string` in `src/common/jsonapi.c` fails on it with
+//! `JSON_UNICODE_CODE_POINT_ZERO`, "since our TEXT type doesn't" allow it, and
+//! `json_errsave_error` in `src/backend/utils/adt/jsonfuncs.c` reports "unsupported Unicode
+//! escape sequence", SQLSTATE 22P05). It applies to object keys as well as values. Payloads and
+//! metadata are `jsonb` columns, so an event with such a string is
+//! [`StoreError::NulCharacter`], naming the event and where in it the character is.
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 use crate::commit::{Commit, Committed, IdempotencyKey};
 use crate::error::StoreError;
@@ -37,14 +50,14 @@ impl Default for StoreLimits {
 
 impl StoreLimits {
     /// Checks an append before anything is written: events present, type names valid, sizes
-    /// within the limit.
+    /// within the limit, no NUL character in a payload's or metadata's strings.
     pub fn check(&self, stream: &StreamId, events: &[EventData]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Err(StoreError::EmptyAppend {
                 stream: stream.clone(),
             });
         }
-        for event in events {
+        for (index, event) in events.iter().enumerate() {
             if event.event_type.is_empty() {
                 return Err(StoreError::InvalidEventType {
                     event_type: event.event_type.clone(),
@@ -66,9 +79,48 @@ impl StoreLimits {
                     limit: self.max_event_bytes,
                 });
             }
+            let metadata = event.metadata.to_json();
+            for (part, value) in [("payload", &event.payload), ("metadata", &metadata)] {
+                if let Some(pointer) = nul_pointer(value) {
+                    return Err(StoreError::NulCharacter {
+                        stream: stream.clone(),
+                        index,
+                        event_type: event.event_type.clone(),
+                        part,
+                        pointer,
+                    });
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// The JSON pointer (RFC 6901) of the first string in `value` that holds a NUL character, or
+/// of the first object member whose key does; None when there is none.
+fn nul_pointer(value: &Value) -> Option<String> {
+    fn segment(pointer: &str, key: &str) -> String {
+        format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"))
+    }
+    fn walk(value: &Value, pointer: &str) -> Option<String> {
+        match value {
+            Value::String(s) if s.contains('\0') => Some(pointer.to_string()),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item, &segment(pointer, &i.to_string()))),
+            Value::Object(members) => members.iter().find_map(|(key, item)| {
+                let at = segment(pointer, key);
+                if key.contains('\0') {
+                    Some(at)
+                } else {
+                    walk(item, &at)
+                }
+            }),
+            _ => None,
+        }
+    }
+    walk(value, "")
 }
 
 /// An append-only store of event streams with optimistic concurrency.
@@ -151,4 +203,24 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The stream's current version, or None if it has no events.
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<StreamVersion>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nul_characters_are_found_wherever_they_are() {
+        assert_eq!(nul_pointer(&json!({"a": ["x", {"b": 1}], "c": null})), None);
+        assert_eq!(nul_pointer(&json!("a\u{0}")), Some(String::new()));
+        assert_eq!(
+            nul_pointer(&json!({"a": ["x", {"b/~": "y\u{0}"}]})),
+            Some("/a/1/b~1~0".into())
+        );
+        assert_eq!(
+            nul_pointer(&json!({"ok": 1, "k\u{0}": 2})),
+            Some("/k\u{0}".into())
+        );
+    }
 }

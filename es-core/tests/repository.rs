@@ -1,6 +1,6 @@
 //! Repository behaviour on the in-memory store: conflicts are retried under the policy (and
 //! reported as `TooManyConflicts` when it runs out), a domain error writes nothing, and a
-//! command that causes no events writes nothing.
+//! command that causes no events writes nothing, and `snapshot_now` stores the current state.
 //!
 //! Contention is made deterministic with a gate in front of the store: the first `n` stream
 //! reads wait for each other, so `n` commands are all decided on the same version before any of
@@ -388,4 +388,48 @@ async fn the_cache_skips_reads_and_a_stale_entry_is_caught_by_the_append() {
         "a stale cache entry is not counted as contention"
     );
     assert_eq!(other.load(&id).await.unwrap().state.value, 12);
+}
+
+/// `snapshot_now` on the in-memory store (it is a `SnapshotStore` too): the snapshot is the
+/// state at the current version, whatever the policy, and the next load starts there.
+#[tokio::test]
+async fn snapshot_now_stores_the_current_state_in_memory() {
+    use es_core::{SnapshotPolicy, SnapshotStore, SnapshotWrite};
+    let store = InMemoryStore::new();
+    let counters = Repository::<Counter>::new(store.clone()).with_snapshots(
+        Arc::new(store.clone()),
+        SnapshotPolicy::Never,
+        SnapshotWrite::Inline,
+    );
+    let id = stream("counter-now");
+    for by in [2, 3, 5] {
+        counters
+            .execute(&id, CounterCommand::Increment(by))
+            .await
+            .unwrap();
+    }
+    assert!(store.load_snapshot(&id, "counter").await.unwrap().is_none());
+    assert_eq!(
+        counters.snapshot_now(&id).await.unwrap(),
+        Some(StreamVersion(3))
+    );
+    let snapshot = store.load_snapshot(&id, "counter").await.unwrap().unwrap();
+    assert_eq!(snapshot.stream_version, StreamVersion(3));
+    assert_eq!(snapshot.state, serde_json::json!({"value": 10}));
+    let loaded = counters.load(&id).await.unwrap();
+    assert_eq!(
+        (
+            loaded.state.value,
+            loaded.snapshot_version,
+            loaded.events_replayed
+        ),
+        (10, Some(StreamVersion(3)), 0)
+    );
+    assert_eq!(
+        counters
+            .snapshot_now(&stream("counter-none"))
+            .await
+            .unwrap(),
+        None
+    );
 }

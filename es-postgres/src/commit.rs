@@ -185,7 +185,7 @@ pub(crate) async fn write(
             event_id: append::duplicate_id(&mut *conn, &commit.parts[index].columns).await,
         },
         Refusal::Taken(taken) => StoreError::UniqueValueTaken {
-            holder: StreamId::new(taken.holder).map_err(|e| {
+            holder: StreamId::from_stored(taken.holder).map_err(|e| {
                 StoreError::storage("a stored unique value's holder is invalid", false, e)
             })?,
             scope: taken.scope,

@@ -26,7 +26,7 @@ pub fn recorded_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 pub fn recorded_event_at(row: &PgRow, first: usize) -> Result<RecordedEvent, StoreError> {
     let get = |e| storage("decoding an es_events row", e);
     let stream_id: String = row.try_get(first + 2).map_err(get)?;
-    let stream_id = StreamId::new(stream_id)
+    let stream_id = StreamId::from_stored(stream_id)
         .map_err(|e| StoreError::storage("stored stream id is invalid", false, e))?;
     let stream_version: i64 = row.try_get(first + 3).map_err(get)?;
     let schema_version: i32 = row.try_get(first + 5).map_err(get)?;

@@ -636,7 +636,7 @@ impl EventStore for PgEventStore {
             .map_err(|e| storage(format!("reading who holds {scope} {value:?}"), e))?;
         holder
             .map(|h| {
-                StreamId::new(h).map_err(|e| {
+                StreamId::from_stored(h).map_err(|e| {
                     StoreError::storage("a stored unique value's holder is invalid", false, e)
                 })
             })

@@ -298,3 +298,87 @@ async fn metadata_written_by_another_tool_is_read_back_whole() {
     assert_eq!(read[3].metadata.actor.as_deref(), Some("ann"));
     assert_eq!(read[0].metadata.actor, None);
 }
+
+/// The premise of `StoreError::NulCharacter`: PostgreSQL's jsonb refuses a NUL character in a
+/// string or a key ("unsupported Unicode escape sequence", SQLSTATE 22P05). The store refuses
+/// it first, naming the event, and writes nothing; the JSON text `\\u0000` (an escaped
+/// backslash) is no NUL and is stored.
+#[tokio::test]
+async fn a_nul_character_is_refused_before_postgresql_would() {
+    let db = TestDatabase::create().await;
+    for text in [r#"{"a": "x\u0000"}"#, r#"{"a\u0000": 1}"#] {
+        let refused = sqlx::query("SELECT $1::text::jsonb")
+            .bind(text)
+            .execute(&db.pool)
+            .await
+            .unwrap_err();
+        let code = refused.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("22P05"), "{text}: {refused}");
+    }
+    let store = PgEventStore::new(db.pool.clone());
+    let s = stream("nul-1");
+    let events = vec![
+        event(0),
+        EventData::raw("Noted", 1, json!({"note": {"text": "a\u{0}b"}})),
+    ];
+    let refused = store
+        .append(&s, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::NulCharacter { index: 1, part: "payload", pointer, .. } if pointer == "/note/text"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.to_string(),
+        "event Noted (number 2 of the append to stream nul-1) holds a NUL character (\\u0000) \
+         in the string or key at /note/text of its payload: PostgreSQL's jsonb cannot store it; \
+         remove it, or encode binary data (base64). Nothing was written"
+    );
+    assert_eq!(store.stream_version(&s).await.unwrap(), None);
+    let stored = store
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![EventData::raw("Noted", 1, json!({"text": "\\u0000"}))],
+        )
+        .await
+        .unwrap();
+    let back = store.read_stream(&s, StreamVersion(0), None).await.unwrap();
+    assert_eq!(back[0].payload, json!({"text": "\\u0000"}));
+    assert_eq!(stored.stream_version, StreamVersion(1));
+}
+
+/// A stream id with a bidirectional override, stored before `StreamId::new` refused such ids
+/// (here by plain SQL), still reads back, by stream and in the log: refusing it on read would
+/// stop every reader at it. A new append under such an id is refused at the id.
+#[tokio::test]
+async fn a_stream_id_stored_before_the_check_still_reads() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let id = "account-\u{202e}1-tnuocca";
+    sqlx::query(
+        "INSERT INTO es_events (event_id, stream_id, stream_version, event_type,
+             schema_version, payload)
+         VALUES (gen_random_uuid(), $1, 1, 'Imported', 1, '{}')",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let stored = es_core::StreamId::from_stored(id).unwrap();
+    let read = store
+        .read_stream(&stored, StreamVersion(0), None)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    let all = store.read_all(GlobalPosition::START, 10).await.unwrap();
+    assert_eq!(all[0].stream_id.as_str(), id);
+    assert!(matches!(
+        es_core::StreamId::new(id),
+        Err(es_core::InvalidStreamId::InvisibleCharacter {
+            character: '\u{202e}',
+            ..
+        })
+    ));
+}

@@ -517,3 +517,87 @@ async fn an_unreadable_snapshot_costs_a_replay_not_a_failure() {
     assert_eq!(snapshot_row(&db.pool, &id).await, Some((210, 1)));
     assert_loaded(&tallies.load(&id).await.unwrap(), 210, Some(210));
 }
+
+/// `snapshot_now` on a stream that no snapshotting repository ever wrote to: the snapshot lands
+/// at the stream's current version whatever the policy, loads start there, a second call moves
+/// it on, an empty stream stores nothing, and a repository without a snapshot store says so.
+/// After a release that raised the state version it replaces the old snapshot at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_now_stores_the_current_state() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let id = stream("tally-now");
+    append_raw(&store, &id, 0, 250).await;
+    let tallies = Repository::<Tally>::new(store.clone()).with_snapshots(
+        Arc::new(store.clone()),
+        SnapshotPolicy::Never,
+        SnapshotWrite::Background,
+    );
+    assert_eq!(snapshot_row(&db.pool, &id).await, None);
+    assert_loaded(&tallies.load(&id).await.unwrap(), 250, None);
+
+    let taken = tallies.snapshot_now(&id).await.unwrap();
+    assert_eq!(taken, Some(StreamVersion(250)));
+    assert_eq!(snapshot_row(&db.pool, &id).await, Some((250, 1)));
+    assert_loaded(&tallies.load(&id).await.unwrap(), 250, Some(250));
+
+    // More events straight to the store; the next call starts from the snapshot and moves it.
+    append_raw(&store, &id, 250, 265).await;
+    assert_eq!(
+        tallies.snapshot_now(&id).await.unwrap(),
+        Some(StreamVersion(265))
+    );
+    assert_eq!(snapshot_row(&db.pool, &id).await, Some((265, 1)));
+    assert_loaded(&tallies.load(&id).await.unwrap(), 265, Some(265));
+    assert_loaded(
+        &replaying::<Tally>(&store).load(&id).await.unwrap(),
+        265,
+        None,
+    );
+
+    // A release raised the state version: one call replaces the old snapshot.
+    let upgraded = snapshotting::<TallyV2>(&store);
+    assert_eq!(upgraded.load(&id).await.unwrap().snapshot_version, None);
+    assert_eq!(
+        upgraded.snapshot_now(&id).await.unwrap(),
+        Some(StreamVersion(265))
+    );
+    assert_eq!(snapshot_row(&db.pool, &id).await, Some((265, 2)));
+    let loaded = upgraded.load(&id).await.unwrap();
+    assert_eq!(
+        (loaded.snapshot_version, loaded.events_replayed),
+        (Some(StreamVersion(265)), 0)
+    );
+    assert_eq!(loaded.state.0, model(265));
+
+    let empty = stream("tally-never-written");
+    assert_eq!(tallies.snapshot_now(&empty).await.unwrap(), None);
+    assert_eq!(snapshot_row(&db.pool, &empty).await, None);
+
+    let without = replaying::<Tally>(&store).snapshot_now(&id).await;
+    assert!(
+        matches!(without, Err(es_core::RepositoryError::NoSnapshotStore)),
+        "{without:?}"
+    );
+}
+
+/// A snapshot store that fails: `snapshot_now` reports it (policy snapshots only log it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_now_reports_a_failed_write() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let id = stream("tally-now-broken");
+    append_raw(&store, &id, 0, 10).await;
+    let broken = Arc::new(BrokenSnapshots::default());
+    let tallies = Repository::<Tally>::new(store.clone()).with_snapshots(
+        broken.clone(),
+        SnapshotPolicy::Never,
+        SnapshotWrite::Inline,
+    );
+    let failed = tallies.snapshot_now(&id).await;
+    assert!(
+        matches!(&failed, Err(es_core::RepositoryError::Store(e)) if e.is_transient()),
+        "{failed:?}"
+    );
+    assert_eq!(broken.saves.load(Ordering::SeqCst), 1);
+}

@@ -178,7 +178,7 @@ pub fn location(event: &RecordedEvent) -> EventLocation {
 /// A stored stream id (stored by this crate from a valid one; a row edited by hand into an
 /// invalid one is an error naming it).
 fn stream_of(stored: String) -> Result<StreamId, ProjectionError> {
-    StreamId::new(stored).map_err(|e| {
+    StreamId::from_stored(stored).map_err(|e| {
         ProjectionError::Store(es_core::StoreError::storage(
             "es_dead_letters holds an invalid stream id",
             false,

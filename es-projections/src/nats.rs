@@ -781,7 +781,7 @@ pub fn category_subjects(prefix: &str, category: &str) -> String {
 pub fn stream_of_subject(prefix: &str, subject: &str) -> Option<StreamId> {
     let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
     let (category_token, stream_token) = rest.split_once('.')?;
-    let stream = StreamId::new(unescape_token(stream_token)?).ok()?;
+    let stream = StreamId::from_stored(unescape_token(stream_token)?).ok()?;
     (escape_token(category(&stream)) == category_token).then_some(stream)
 }
 

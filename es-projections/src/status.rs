@@ -313,7 +313,9 @@ impl fmt::Display for Status {
                     "last error of {} at {}: {}",
                     p.name,
                     at.format("%F %T"),
-                    error
+                    // It may name a stream stored before ids were checked for invisible
+                    // characters: shown escaped, as in the table.
+                    es_core::escape_for_display(error)
                 )?;
             }
             if let Some(v) = p.last_verified.as_ref().filter(|v| !v.ok) {

@@ -137,7 +137,7 @@ pub async fn verify(worker: &Worker, name: &str) -> Result<VerifyReport, Project
         let mut rows = query.fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
             let stream: String = row.try_get(1)?;
-            let Ok(stream) = StreamId::new(stream) else {
+            let Ok(stream) = StreamId::from_stored(stream) else {
                 missing_count += 1;
                 continue;
             };

@@ -17,6 +17,7 @@ const CRATES: &[&str] = &[
     "es-postgres",
     "es-projections",
     "examples",
+    "examples/first-hour",
     "bench",
     "bench-cqrs-es",
 ];

@@ -342,3 +342,41 @@ async fn subcommands_need_migrate_first_and_grant_gives_roles_their_rights() {
     }
     assert!(status.status.success(), "{said}");
 }
+
+/// A stream id stored before `StreamId::new` refused invisible characters (here by plain SQL),
+/// with a right-to-left override that makes `deal-\u{202e}1-tnuocca` read as `deal-account-1`:
+/// the worker still reads it (parking its malformed event), and the tables and the status show
+/// the id escaped, never the override itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_stream_id_with_an_override_is_shown_escaped() {
+    let db = TestDatabase::with_max_connections(10).await;
+    let id = "deal-\u{202e}1-tnuocca";
+    sqlx::query(
+        "INSERT INTO es_events (event_id, stream_id, stream_version, event_type,
+             schema_version, payload)
+         VALUES (gen_random_uuid(), $1, 1, 'Configured', 2, '{\"fields\": 5}')",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rebuilt = deal_worker(&db.url, &["rebuild", "deals", "--dead-letter"]);
+    assert!(rebuilt.status.success(), "{}", text(&rebuilt));
+    let listed = deal_worker(&db.url, &["dead-letters", "deals"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    let escaped = "deal-\\u{202e}1-tnuocca";
+    assert!(text(&listed).contains(escaped), "{}", text(&listed));
+    assert!(!text(&listed).contains('\u{202e}'), "{}", text(&listed));
+
+    // Stopping on it instead: the status names the event, escaped.
+    let stopped = deal_worker(&db.url, &["rebuild", "deals", "--restart"]);
+    assert!(!stopped.status.success(), "{}", text(&stopped));
+    let status = deal_worker(&db.url, &["status"]);
+    assert!(
+        text(&status).contains("last error of deals"),
+        "{}",
+        text(&status)
+    );
+    assert!(text(&status).contains(escaped), "{}", text(&status));
+    assert!(!text(&status).contains('\u{202e}'), "{}", text(&status));
+}

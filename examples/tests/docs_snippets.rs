@@ -1,6 +1,11 @@
 //! Every Rust snippet in docs/getting-started.md is a copy of code that compiles: each snippet
 //! (split at `// ...` gap lines) must appear, line for line (indentation aside), in a source file
 //! of the workspace. A snippet that drifts from the code fails here.
+//!
+//! The guide's first part is stricter: every file of the crate in `examples/first-hour/` (the
+//! project a new user builds from an empty folder, compiled and tested as a workspace member)
+//! must appear whole, byte for byte, as a fenced block of the guide, named by its path. A change
+//! to either side alone fails here.
 
 #![allow(clippy::unwrap_used)]
 
@@ -50,6 +55,63 @@ fn chunks(body: &str) -> Vec<Vec<String>> {
 #[test]
 fn getting_started_snippets_match_the_code() {
     check("docs/getting-started.md");
+}
+
+#[test]
+fn first_hour_files_are_in_the_guide_whole() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let project = root.join("examples/first-hour");
+    let doc = std::fs::read_to_string(root.join("docs/getting-started.md")).unwrap();
+    let mut files = Vec::new();
+    project_files(&project, &mut files);
+    files.sort();
+    let mut missing = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let fence = match file.extension().and_then(|e| e.to_str()) {
+            Some("rs") => "rust",
+            Some("toml") => "toml",
+            other => panic!(
+                "{}: a {other:?} file, which the guide cannot show",
+                file.display()
+            ),
+        };
+        let relative = file.strip_prefix(&project).unwrap().to_string_lossy();
+        // Whole: the fence opens on the file's first line and closes right after its last.
+        let block = format!("```{fence}\n{text}```\n");
+        if !doc.contains(&block) {
+            missing.push(format!(
+                "{relative} (not shown whole as a ```{fence} block)"
+            ));
+        } else if !doc.contains(&format!("`{relative}`")) {
+            missing.push(format!("{relative} (shown, but never named)"));
+        }
+    }
+    assert!(
+        files.len() >= 7,
+        "only {} files in {}",
+        files.len(),
+        project.display()
+    );
+    assert!(
+        missing.is_empty(),
+        "docs/getting-started.md is out of step with examples/first-hour:\n  {}",
+        missing.join("\n  ")
+    );
+}
+
+/// Every file of the first-hour project but the build's own (`target/`, `Cargo.lock`).
+fn project_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if !path.ends_with("target") {
+                project_files(&path, out);
+            }
+        } else if !path.ends_with("Cargo.lock") {
+            out.push(path);
+        }
+    }
 }
 
 #[test]
