@@ -14,7 +14,7 @@
 //!   [`abandon_shadow`] drops a shadow.
 //!
 //! **A switch (or a rollback) is one transaction.** It first takes the incoming generation's lease
-//! with an epoch bump ([`checkpoint::fence`]), which waits for the batch its worker has in flight
+//! with an epoch bump (`checkpoint::fence`), which waits for the batch its worker has in flight
 //! and fences out the next one. Then, in one transaction: the projection's DDL lock; the live row
 //! `FOR UPDATE`, which waits for the live worker's batch in flight (it holds that row from its
 //! `hold` to its commit) and keeps its next one out; the incoming generation catches up to the
@@ -39,7 +39,7 @@
 //! - A unique index is checked at the end of each statement, not each row, for non-deferrable
 //!   constraints ("Index Uniqueness Checks" in "Index Access Method Interface"); the partial
 //!   unique indexes `es_projections_one_live` / `_one_shadow` therefore only require the demotion
-//!   to run before the promotion, which [`checkpoint::swap_live`] does.
+//!   to run before the promotion, which `checkpoint::swap_live` does.
 //! - A `REPEATABLE READ` transaction sees one snapshot for all its statements ("Transaction
 //!   Isolation"): [`compare`] reads both generations' tables and checkpoints as of one instant.
 
