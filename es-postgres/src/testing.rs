@@ -78,24 +78,28 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let (name, admin) = (self.name.clone(), self.admin.clone());
-        // Drop may run inside the test's runtime, which is blocked while we wait here: use a
-        // private runtime on a plain thread, and leave the pool alone (its connections belong to
-        // the blocked runtime). DROP ... WITH (FORCE) ends them server-side.
-        let dropper = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
+        // Leave the pool alone (its connections belong to the blocked test runtime): DROP ...
+        // WITH (FORCE) ends them server-side.
+        clean_up_from_drop(async move {
+            if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
         });
-        let _ = dropper.join();
     }
+}
+
+/// Runs `cleanup` to its end from a `Drop`: on a private runtime on a plain thread, since a
+/// drop may run inside the test's runtime, which is blocked while it waits here.
+pub fn clean_up_from_drop(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let dropper = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(cleanup);
+        }
+    });
+    let _ = dropper.join();
 }

@@ -505,7 +505,7 @@ pub(crate) async fn swap_live(
     next: &Lease,
     from: Role,
 ) -> Result<bool, ProjectionError> {
-    // The old one first: at most one generation is live at any statement's end (a unique index).
+    // The old one first: the unique index on the live role is checked as each row is written.
     sqlx::query(include_str!("sql/demote.sql"))
         .bind(&next.name)
         .bind(old)

@@ -36,10 +36,11 @@
 //! - `SELECT ... FOR UPDATE` waits for a concurrent holder of the row lock and then sees the row
 //!   as committed ("The Locking Clause" in the `SELECT` reference; "Row-Level Locks" in
 //!   "Explicit Locking"): the live worker's batch commits before the switch reads the head.
-//! - A unique index is checked at the end of each statement, not each row, for non-deferrable
-//!   constraints ("Index Uniqueness Checks" in "Index Access Method Interface"); the partial
-//!   unique indexes `es_projections_one_live` / `_one_shadow` therefore only require the demotion
-//!   to run before the promotion, which `checkpoint::swap_live` does.
+//! - A unique index that is not deferrable is checked at once, as each row is written, not at
+//!   commit ("Index Uniqueness Checks" in "Index Access Method Interface"; `CREATE TABLE`,
+//!   "Compatibility", "Non-Deferred Uniqueness Constraints"); the partial unique indexes
+//!   `es_projections_one_live` / `_one_shadow` therefore require the demotion to run in a
+//!   statement before the promotion, which `checkpoint::swap_live` does.
 //! - A `REPEATABLE READ` transaction sees one snapshot for all its statements ("Transaction
 //!   Isolation"): [`compare`] reads both generations' tables and checkpoints as of one instant.
 
@@ -360,15 +361,9 @@ async fn only_in(
 /// switch applies the events it has not seen yet with this code.
 pub async fn switch(worker: &Worker, name: &str) -> Result<Switched, ProjectionError> {
     let projector = worker.projector(name, REBUILD_REFUSED)?.clone();
-    let incoming = incoming(worker, projector.as_ref(), Role::Shadow).await?;
-    let old = live_generation(worker, name).await?;
-    let applied = take_and_swap(worker, projector.as_ref(), Role::Shadow, Role::Retired).await?;
-    Ok(Switched {
-        projection: name.to_string(),
-        from: old,
-        to: incoming,
-        applied,
-    })
+    let generations = read_generations(worker, name).await?;
+    check_incoming(projector.as_ref(), &generations, Role::Shadow)?;
+    take_and_swap(worker, projector.as_ref(), Role::Shadow, Role::Retired).await
 }
 
 /// Makes the retired generation of `name` live again and turns the live one into the shadow, so
@@ -377,9 +372,7 @@ pub async fn switch(worker: &Worker, name: &str) -> Result<Switched, ProjectionE
 /// binary). Refused while the projection has a shadow.
 pub async fn rollback(worker: &Worker, name: &str) -> Result<Switched, ProjectionError> {
     let projector = worker.projector(name, REBUILD_REFUSED)?.clone();
-    let mut conn = worker.pool().acquire().await?;
-    let generations = checkpoint::generations(&mut conn, name).await?;
-    drop(conn);
+    let generations = read_generations(worker, name).await?;
     if let Some(shadow) = find(&generations, Role::Shadow) {
         return Err(ProjectionError::Generations {
             projection: name.to_string(),
@@ -389,32 +382,33 @@ pub async fn rollback(worker: &Worker, name: &str) -> Result<Switched, Projectio
             ),
         });
     }
-    let incoming = incoming(worker, projector.as_ref(), Role::Retired).await?;
-    let old = live_generation(worker, name).await?;
-    let applied = take_and_swap(worker, projector.as_ref(), Role::Retired, Role::Shadow).await?;
-    Ok(Switched {
-        projection: name.to_string(),
-        from: old,
-        to: incoming,
-        applied,
-    })
+    check_incoming(projector.as_ref(), &generations, Role::Retired)?;
+    take_and_swap(worker, projector.as_ref(), Role::Retired, Role::Shadow).await
 }
 
-/// Checks that the generation of `role` can be made live by this binary; its number.
-async fn incoming(
+async fn read_generations(
     worker: &Worker,
-    projector: &dyn DynProjector,
-    role: Role,
-) -> Result<i32, ProjectionError> {
-    let name = projector.name();
+    name: &str,
+) -> Result<Vec<GenerationRow>, ProjectionError> {
     let mut conn = worker.pool().acquire().await?;
-    let generations = checkpoint::generations(&mut conn, name).await?;
-    drop(conn);
+    checkpoint::generations(&mut conn, name).await
+}
+
+/// Checks that the generation of `role` can be made live by this binary.
+fn check_incoming(
+    projector: &dyn DynProjector,
+    generations: &[GenerationRow],
+    role: Role,
+) -> Result<(), ProjectionError> {
+    let name = projector.name();
+    if find(generations, Role::Live).is_none() {
+        return Err(no_checkpoint(name));
+    }
     let refuse = |reason: String| ProjectionError::Generations {
         projection: name.to_string(),
         reason,
     };
-    let Some(g) = find(&generations, role) else {
+    let Some(g) = find(generations, role) else {
         return Err(refuse(match role {
             Role::Retired => "there is no retired generation to roll back to (none was switched away from, or it was dropped)".into(),
             _ => format!("there is no shadow generation to switch to: build one with `rebuild {name} --shadow`"),
@@ -451,15 +445,7 @@ async fn incoming(
             hint: "run this command with a binary of that version: it applies the generation's last events with its own code",
         });
     }
-    Ok(g.generation)
-}
-
-async fn live_generation(worker: &Worker, name: &str) -> Result<i32, ProjectionError> {
-    let mut conn = worker.pool().acquire().await?;
-    let generations = checkpoint::generations(&mut conn, name).await?;
-    find(&generations, Role::Live)
-        .map(|g| g.generation)
-        .ok_or_else(|| no_checkpoint(name))
+    Ok(())
 }
 
 /// Takes the lease of the generation of `from` and swaps it with the live one.
@@ -468,7 +454,7 @@ async fn take_and_swap(
     projector: &dyn DynProjector,
     from: Role,
     to: Role,
-) -> Result<u64, ProjectionError> {
+) -> Result<Switched, ProjectionError> {
     let pool = worker.pool();
     let name = projector.name();
     let owner = format!("switch:{}", default_owner());
@@ -487,7 +473,12 @@ async fn take_and_swap(
     };
     let cursor = lease.cursor.clone();
     match switch_leased(worker, projector, &lease, cursor, &options, from, to).await {
-        Ok(applied) => Ok(applied),
+        Ok((old, applied)) => Ok(Switched {
+            projection: name.to_string(),
+            from: old,
+            to: lease.generation,
+            applied,
+        }),
         Err(error) => {
             // Nothing was switched (one transaction): give the generation back to its workers.
             if let Err(e) = checkpoint::release(pool, &lease).await {
@@ -499,9 +490,9 @@ async fn take_and_swap(
 }
 
 /// Catches the leased generation (of role `from`) up under the live row's lock, points the views
-/// at it and makes it live, the live one becoming `to` (see the module docs); returns the events
-/// applied meanwhile. After a switch, retired generations older than the one just retired are
-/// dropped.
+/// at it and makes it live, the live one becoming `to` (see the module docs); returns the
+/// generation that was live and the events applied meanwhile. After a switch, retired
+/// generations older than the one just retired are dropped.
 pub(crate) async fn switch_leased(
     worker: &Worker,
     projector: &dyn DynProjector,
@@ -510,7 +501,7 @@ pub(crate) async fn switch_leased(
     options: &RebuildOptions,
     from: Role,
     to: Role,
-) -> Result<u64, ProjectionError> {
+) -> Result<(i32, u64), ProjectionError> {
     let pool = worker.pool();
     let name = projector.name();
     let tables = Tables::new(projector.tables(), lease.generation)?;
@@ -565,7 +556,7 @@ pub(crate) async fn switch_leased(
             warn!(projection = name, %error, "older retired generations were not dropped yet");
         }
     }
-    Ok(applied)
+    Ok((old, applied))
 }
 
 /// Drops the retired generation of `name` (its tables, checkpoint and ledger): there is no way

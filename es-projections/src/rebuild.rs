@@ -251,7 +251,7 @@ async fn replay(
     }
     drop(batches);
     if options.shadow && options.switch {
-        let switched = generations::switch_leased(
+        let (_, switched) = generations::switch_leased(
             worker,
             projector,
             lease,

@@ -470,6 +470,9 @@ struct ProjectionTask {
     letters_checked: Option<Instant>,
     /// Whether it said that the generation is built by another version of the code.
     told_version: bool,
+    /// When it last looked (standing by, at most once a lease length: a standby task of a
+    /// projection with no shadow would otherwise query at every poll).
+    version_checked: Option<Instant>,
     recorder: crate::observe::Recorder,
 }
 
@@ -493,6 +496,7 @@ impl ProjectionTask {
             blocked: HashSet::new(),
             letters_checked: None,
             told_version: false,
+            version_checked: None,
             recorder: worker.recorder.clone(),
         }
     }
@@ -630,9 +634,11 @@ impl ProjectionTask {
         let Some(version) = self.unit.version() else {
             return Ok(());
         };
-        if self.told_version {
+        let ttl = self.config.lease_ttl;
+        if self.told_version || self.version_checked.is_some_and(|at| at.elapsed() < ttl) {
             return Ok(());
         }
+        self.version_checked = Some(Instant::now());
         let mut conn = self.pool.acquire().await?;
         let generations = checkpoint::generations(&mut conn, self.name()).await?;
         drop(conn);

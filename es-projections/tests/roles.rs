@@ -69,34 +69,24 @@ impl Roles {
 impl Drop for Roles {
     fn drop(&mut self) {
         let (url, names) = (self.url.clone(), self.names.clone());
-        // As TestDatabase's drop: a private runtime on a plain thread.
-        let dropper = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        es_postgres::testing::clean_up_from_drop(async move {
+            let Ok(mut conn) = PgConnection::connect(&url).await else {
                 return;
             };
-            runtime.block_on(async move {
-                let Ok(mut conn) = PgConnection::connect(&url).await else {
-                    return;
-                };
-                for name in &names {
-                    let _ = sqlx::query(&format!(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'"
-                    ))
+            for name in &names {
+                let _ = sqlx::query(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'"
+                ))
+                .execute(&mut conn)
+                .await;
+                let _ = sqlx::query(&format!("DROP OWNED BY {name}"))
                     .execute(&mut conn)
                     .await;
-                    let _ = sqlx::query(&format!("DROP OWNED BY {name}"))
-                        .execute(&mut conn)
-                        .await;
-                    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
+                let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                    .execute(&mut conn)
+                    .await;
+            }
         });
-        let _ = dropper.join();
     }
 }
 
