@@ -103,6 +103,20 @@ enum Command {
         #[arg(long, default_value_t = 60, requires = "metrics_addr",
               value_parser = clap::value_parser!(u64).range(1..))]
         stall_secs: u64,
+        /// LISTEN for new events through this server (a direct or session-pooled URL) instead of
+        /// DATABASE_URL's: needed when DATABASE_URL goes through a pooler in transaction mode,
+        /// where a LISTEN misdelivers notifications to other clients.
+        #[arg(
+            long,
+            env = "ES_LISTEN_URL",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        listen_url: Option<String>,
+        /// Do not LISTEN at all, only poll every --poll-ms: behind a pooler in transaction mode
+        /// when no direct connection is allowed.
+        #[arg(long, conflicts_with = "listen_url")]
+        no_listen: bool,
     },
     /// Show each projection's checkpoint, lag, lease, errors and last verification, and what
     /// holds the horizon.
@@ -303,6 +317,8 @@ async fn execute(
             dead_letter,
             metrics_addr,
             stall_secs,
+            listen_url,
+            no_listen,
         } => {
             let mut config = worker.config().clone();
             config.batch_size = batch_size;
@@ -314,6 +330,14 @@ async fn execute(
                 ErrorPolicy::Stop
             };
             let mut worker = worker.with_config(config);
+            if let Some(url) = listen_url {
+                // One connection: the listener's own (sqlx opens it from the pool's options).
+                let listen_pool = es_postgres::connect(&url, 1, Duration::from_secs(5)).await?;
+                worker = worker.listen_on(listen_pool);
+            }
+            if no_listen {
+                worker = worker.without_listen();
+            }
             let mut serving = None;
             if let Some(addr) = metrics_addr {
                 let observer =

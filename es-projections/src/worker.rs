@@ -92,10 +92,23 @@ pub fn default_owner() -> String {
 #[derive(Clone)]
 pub struct Worker {
     pool: PgPool,
+    /// Where LISTEN runs (see [`Worker::listen_on`]).
+    listen: Listen,
     upcasters: Arc<Upcasters>,
     units: Vec<Unit>,
     config: WorkerConfig,
     recorder: crate::observe::Recorder,
+}
+
+/// Where a worker listens for the store's notifications.
+#[derive(Clone, Debug)]
+enum Listen {
+    /// On a connection of the worker's own pool's server.
+    OnPool,
+    /// On this pool's server.
+    On(PgPool),
+    /// Nowhere: the worker polls.
+    Never,
 }
 
 /// What a worker runs under one name.
@@ -152,6 +165,7 @@ impl Worker {
     pub fn new(pool: PgPool, upcasters: Upcasters) -> Self {
         Self {
             pool,
+            listen: Listen::OnPool,
             upcasters: Arc::new(upcasters),
             units: Vec::new(),
             config: WorkerConfig::default(),
@@ -210,6 +224,29 @@ impl Worker {
     /// Uses this configuration.
     pub fn with_config(mut self, config: WorkerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Listens for the store's notifications through `pool` instead of the worker's own pool.
+    ///
+    /// For a worker whose pool goes through a pooler in transaction mode (PgBouncer with
+    /// `pool_mode = transaction`): LISTEN belongs to a server session, which such a pooler hands
+    /// to another client after each transaction, so notifications never reach the worker and it
+    /// only polls. Point this pool straight at the server, or at a session-mode pool; it holds
+    /// one connection. (docs/operations.md, "Connection poolers".)
+    pub fn listen_on(mut self, pool: PgPool) -> Self {
+        self.listen = Listen::On(pool);
+        self
+    }
+
+    /// Never listens for notifications: polls every [`WorkerConfig::poll_interval`] only.
+    ///
+    /// Behind a pooler in transaction mode, when no direct connection is allowed: there a LISTEN
+    /// would leave a server session subscribed that the pooler then lends to other clients, whose
+    /// statements fail when a notification arrives in the middle ("unexpected message:
+    /// NotificationResponse").
+    pub fn without_listen(mut self) -> Self {
+        self.listen = Listen::Never;
         self
     }
 
@@ -386,9 +423,16 @@ impl Worker {
         // In a JoinSet so that it is aborted however this future ends, dropped included: a
         // detached listener would keep its pooled connection forever.
         let mut listener = tokio::task::JoinSet::new();
-        listener.spawn(es_postgres::listen(self.pool.clone(), move || {
-            wake_tx.send_modify(|n| *n = n.wrapping_add(1))
-        }));
+        let wake = move || wake_tx.send_modify(|n| *n = n.wrapping_add(1));
+        match &self.listen {
+            Listen::OnPool => listener.spawn(es_postgres::listen(self.pool.clone(), wake)),
+            Listen::On(pool) => listener.spawn(es_postgres::listen(pool.clone(), wake)),
+            // Keeps the wake-up channel open (the tasks would take a closed one for a wake-up).
+            Listen::Never => listener.spawn(async move {
+                let _wake = wake;
+                std::future::pending::<()>().await
+            }),
+        };
         let mut tasks = tokio::task::JoinSet::new();
         for unit in selected {
             let roles = unit.roles().iter().map(|&role| {
