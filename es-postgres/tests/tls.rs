@@ -220,8 +220,9 @@ async fn tls_connects_encrypted_verifies_the_server_and_refuses_another_ca() {
     let message = error.to_string();
     assert!(
         message.starts_with(&format!("cannot connect to localhost:{}", server.port))
-            && message.contains("TLS")
-            && message.contains("not signed by a trusted CA"),
+            && message.contains(
+                "TLS: the server's certificate is not signed by a trusted CA (check sslrootcert)"
+            ),
         "{message}"
     );
     assert!(!message.contains('{'), "no Debug dump: {message}");

@@ -521,6 +521,8 @@ async fn execute(
             .await;
             bar.finish_and_clear();
             match rebuilt {
+                // A name nobody registered: there is nothing to resume.
+                Err(error @ ProjectionError::UnknownProjection(_)) => return Err(error.into()),
                 Err(error) => {
                     eprintln!(
                         "the rebuild stopped (`status` shows the projection's state and any recorded error). Fix the cause and run the same command to resume{}.",
@@ -642,14 +644,27 @@ async fn check_schema(binary: &str, pool: &PgPool) -> Result<(), Box<dyn std::er
 }
 
 /// Prints `error` for a person on stderr: `binary: error`, then each cause on a line of its own;
-/// never a `Debug` dump. For binaries' own errors outside [`main`] too.
+/// never a `Debug` dump, with invisible and control characters escaped
+/// ([`es_core::escape_for_display`]). For binaries' own errors outside [`main`] too.
 pub fn report_error(binary: &str, error: &(dyn std::error::Error + 'static)) {
-    eprintln!("{binary}: {error}");
+    for line in error_lines(binary, error) {
+        eprintln!("{line}");
+    }
+}
+
+/// The lines [`report_error`] prints.
+fn error_lines(binary: &str, error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    // Messages quote stream ids and values read from storage: escaped, so that a bidirectional
+    // override or a newline in one cannot disguise the line (as in the tables).
+    let shown =
+        |e: &dyn std::error::Error| es_core::escape_for_display(&e.to_string()).into_owned();
+    let mut lines = vec![format!("{binary}: {}", shown(error))];
     let mut source = error.source();
     while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
+        lines.push(format!("  caused by: {}", shown(cause)));
         source = cause.source();
     }
+    lines
 }
 
 /// Who asks, as recorded with a request.
@@ -790,5 +805,22 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_escape_what_could_disguise_them() {
+        let error = ProjectionError::UnknownProjection("deal-\u{202e}1-tnuocca\nfake line".into());
+        let lines = error_lines("deal-worker", &error);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("deal-\\u{202e}1-tnuocca\\nfake line"),
+            "{lines:?}"
+        );
+        assert!(!lines[0].contains('\u{202e}'));
     }
 }
