@@ -163,6 +163,64 @@ async fn status_counts_what_a_projection_would_apply() {
     assert!(!line.contains("53"), "{shown}");
 }
 
+/// The metrics say both: log positions behind, and what the projection would apply of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_a_projection_would_apply() {
+    let db = TestDatabase::create().await;
+    let store = PgEventStore::new(db.pool.clone());
+    write(&store, "a-1", 10, "Counted").await;
+    worker(&db).catch_up(Duration::from_secs(30)).await.unwrap();
+    write(&store, "b-1", 50, "Counted").await;
+    write(&store, "a-1", 3, "Counted").await;
+    let observer = es_projections::observe::Observer::new(es_projections::observe::ObserveConfig {
+        sample_interval: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .unwrap();
+    let w = worker(&db).with_observer(&observer);
+    let serving = es_projections::observe::serve("127.0.0.1:0", &observer, &w, &[])
+        .await
+        .unwrap();
+    let url = format!("http://{}/metrics", serving.local_addr());
+    let until = deadline(20);
+    let metric = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("projection=\"only_a\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    loop {
+        let text = scrape(&url).await;
+        if let (Some(lag), Some(to_apply)) = (
+            metric(&text, "es_projection_lag_events"),
+            metric(&text, "es_projection_to_apply_events"),
+        ) {
+            assert_eq!((lag.as_str(), to_apply.as_str()), ("53", "3"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < until, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serving.stop().await;
+}
+
+/// GET `url` over plain HTTP/1.1 (the observer's own server).
+async fn scrape(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream
+        .write_all(
+            format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 #[tokio::test]
 async fn status_shows_the_horizon_holder_on_one_line_and_never_a_secret() {
     let db = TestDatabase::create().await;

@@ -25,6 +25,7 @@ pub(crate) struct Metrics {
     registry: Registry,
     pub(crate) head: IntGauge,
     pub(crate) lag_events: IntGaugeVec,
+    pub(crate) to_apply: IntGaugeVec,
     pub(crate) lag_seconds: GaugeVec,
     pub(crate) cursor: IntGaugeVec,
     pub(crate) holes: IntGaugeVec,
@@ -57,7 +58,11 @@ impl Metrics {
         registry.register(Box::new(head.clone()))?;
         let lag_events = gauges(
             "es_projection_lag_events",
-            "Committed events above the projection's checkpoint (sampled).",
+            "Log positions above the projection's checkpoint, of any stream (sampled).",
+        )?;
+        let to_apply = gauges(
+            "es_projection_to_apply_events",
+            "Events above the checkpoint in streams the projection reads, counted over at most the next 100,000 log positions: a lower bound when more wait (sampled).",
         )?;
         let lag_seconds = GaugeVec::new(
             Opts::new(
@@ -135,6 +140,7 @@ impl Metrics {
             registry,
             head,
             lag_events,
+            to_apply,
             lag_seconds,
             cursor,
             holes,

@@ -259,7 +259,7 @@ pub async fn serve(
         stopped,
     ));
     tasks.spawn(sampler::run(
-        worker.pool().clone(),
+        worker.clone(),
         state,
         observer.metrics.clone(),
         config.sample_interval,

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 use tracing::warn;
 
 use super::health::Progress;
 use super::metrics::Metrics;
-use crate::status::{status, ProjectionStatus, Status};
+use crate::status::{count_to_apply, status, ProjectionStatus, Status};
+use crate::Worker;
 
 /// One projection (or consumer) this process runs, as the observer tracks it.
 struct Tracked {
@@ -103,6 +103,12 @@ impl Sampled {
                     .lag_events
                     .with_label_values(&labels)
                     .set(p.lag_events);
+                if let Some(to_apply) = p.to_apply {
+                    metrics
+                        .to_apply
+                        .with_label_values(&labels)
+                        .set(i64::try_from(to_apply.events).unwrap_or(i64::MAX));
+                }
                 metrics
                     .lag_seconds
                     .with_label_values(&labels)
@@ -231,15 +237,22 @@ impl Sampled {
 
 /// Samples every `interval` until the task is aborted.
 pub(crate) async fn run(
-    pool: PgPool,
+    worker: Worker,
     state: std::sync::Arc<Mutex<Sampled>>,
     metrics: std::sync::Arc<Metrics>,
     interval: Duration,
     stall: Duration,
 ) {
     loop {
-        match status(&pool).await {
-            Ok(found) => lock(&state).record(found, &metrics, stall),
+        match status(worker.pool()).await {
+            Ok(mut found) => {
+                // What each projection would apply, by its `accepts_stream`: one bounded read
+                // per projection behind. Without it the gauge keeps its last value.
+                if let Err(error) = count_to_apply(&worker, &mut found).await {
+                    warn!(%error, "counting the events projections would apply failed");
+                }
+                lock(&state).record(found, &metrics, stall)
+            }
             Err(error) => {
                 metrics.sample_errors.inc();
                 warn!(%error, "status sample failed; readiness turns 503 if it keeps failing");
