@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::commit::{Commit, IdempotencyKey, StreamAppend, UniqueChange};
 use crate::error::StoreError;
 use crate::event::{EventData, FoldEvent, Metadata, RecordedEvent};
+use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::EventStore;
 use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 
@@ -31,7 +32,7 @@ fn events(n: usize, tag: &str) -> Vec<EventData> {
 /// Runs every check, each on a fresh store.
 pub async fn run_all<S, F, Fut>(factory: F)
 where
-    S: EventStore,
+    S: EventStore + SnapshotStore,
     F: Fn() -> Fut,
     Fut: Future<Output = S>,
 {
@@ -48,6 +49,7 @@ where
     unique_values_have_one_holder(Arc::new(factory().await), 32).await;
     stream_exists_never_conflicts_on_an_existing_stream(Arc::new(factory().await), 16).await;
     stored_event_types_are_listed(factory().await).await;
+    snapshots_keep_the_newest(factory().await).await;
 }
 
 /// Appended events read back exactly, with versions 1..n and growing positions.
@@ -878,5 +880,54 @@ pub async fn stored_event_types_are_listed<S: EventStore>(store: S) {
             ("Happened".into(), 2),
             ("Renamed".into(), 3)
         ]
+    );
+}
+
+/// Only the newest snapshot of a stream is kept: a newer state version wins, then a higher
+/// stream version; a write from older code (a lower state version, as during a rolling
+/// deployment or a rollback) or of an older version never replaces it.
+pub async fn snapshots_keep_the_newest<S: SnapshotStore>(store: S) {
+    let s = stream("conformance-snapshots");
+    let snapshot = |version: u64, state_version: u32| Snapshot {
+        stream_id: s.clone(),
+        aggregate_type: "Thing".into(),
+        stream_version: StreamVersion(version),
+        state_version,
+        state: json!({ "at": version, "v": state_version }),
+        taken_at: chrono::Utc::now(),
+    };
+    let kept = || async {
+        let found = store
+            .load_snapshot(&s, "Thing")
+            .await
+            .expect("load a snapshot")
+            .expect("a snapshot is kept");
+        (found.stream_version.0, found.state_version, found.state)
+    };
+    store.save_snapshot(snapshot(10, 2)).await.expect("save");
+    assert_eq!(kept().await, (10, 2, json!({ "at": 10, "v": 2 })));
+    store.save_snapshot(snapshot(20, 2)).await.expect("save");
+    assert_eq!(kept().await.0, 20, "a higher stream version replaces");
+    store.save_snapshot(snapshot(15, 2)).await.expect("save");
+    assert_eq!(kept().await.0, 20, "a lower stream version does not");
+    store.save_snapshot(snapshot(30, 1)).await.expect("save");
+    assert_eq!(
+        kept().await,
+        (20, 2, json!({ "at": 20, "v": 2 })),
+        "older code's snapshot never replaces a newer state version"
+    );
+    store.save_snapshot(snapshot(5, 3)).await.expect("save");
+    assert_eq!(
+        kept().await.1,
+        3,
+        "a newer state version replaces, even at a lower stream version"
+    );
+    assert_eq!(
+        store
+            .load_snapshot(&s, "Other")
+            .await
+            .expect("load a snapshot"),
+        None,
+        "snapshots are per aggregate type"
     );
 }

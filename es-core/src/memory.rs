@@ -322,9 +322,11 @@ impl SnapshotStore for InMemoryStore {
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
         let mut log = self.lock();
         let key = (snapshot.stream_id.clone(), snapshot.aggregate_type.clone());
+        // As PostgreSQL's store (save_snapshot.sql): a newer state version wins, then a higher
+        // stream version; older code's snapshot never replaces a newer one.
         let newer = log.snapshots.get(&key).is_none_or(|old| {
-            old.stream_version < snapshot.stream_version
-                || old.state_version != snapshot.state_version
+            (old.state_version, old.stream_version)
+                < (snapshot.state_version, snapshot.stream_version)
         });
         if newer {
             log.snapshots.insert(key, snapshot);

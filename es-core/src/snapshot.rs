@@ -2,7 +2,10 @@
 //! reads only the events after it.
 //!
 //! A snapshot carries the aggregate's [`STATE_VERSION`](crate::Aggregate::STATE_VERSION); one of
-//! another version is ignored (the stream is replayed and the next snapshot replaces it).
+//! another version is ignored (the stream is replayed). Only the newest is kept: a newer state
+//! version wins, then a higher stream version, so the next snapshot of newer code replaces an
+//! older code's, while older code (during a rolling deployment or after a rollback) never
+//! replaces a newer code's snapshot and replays such streams until it is upgraded.
 //! Snapshot writes under the policy are best effort: a failed write is logged and never fails a
 //! command. [`Repository::snapshot_now`](crate::Repository::snapshot_now) snapshots one stream on
 //! demand and returns a failed write as an error.
@@ -55,7 +58,8 @@ pub trait SnapshotStore: Send + Sync + 'static {
             .filter(|s| s.stream_version <= max_version))
     }
 
-    /// Stores a snapshot, replacing an older one of the same stream.
+    /// Stores a snapshot, replacing the stream's one of a lower state version, or of the same
+    /// state version at a lower stream version (see the module docs); otherwise keeps the old.
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError>;
 }
 
