@@ -922,6 +922,13 @@ pub async fn snapshots_keep_the_newest<S: SnapshotStore>(store: S) {
         3,
         "a newer state version replaces, even at a lower stream version"
     );
+    let mut bad = snapshot(40, 3);
+    bad.state = json!({ "name": "a\u{0}b" });
+    assert!(
+        matches!(store.save_snapshot(bad).await, Err(StoreError::NulInSnapshot { pointer, .. }) if pointer == "/name"),
+        "a NUL in the state is refused, typed"
+    );
+    assert_eq!(kept().await.0, 5, "and the previous snapshot is kept");
     assert_eq!(
         store
             .load_snapshot(&s, "Other")

@@ -65,6 +65,21 @@ pub enum StoreError {
         /// whose key holds it; `""` when the whole payload is that string.
         pointer: String,
     },
+    /// A snapshot's state holds a NUL character, which PostgreSQL's jsonb cannot store: nothing
+    /// was written, the stream's previous snapshot (if any) is kept.
+    #[error(
+        "the snapshot of {aggregate_type} stream {stream} holds a NUL character (\\u0000) in {} of its state: PostgreSQL's jsonb cannot store it; encode binary data (base64). The previous snapshot is kept",
+        describe_pointer(.pointer)
+    )]
+    NulInSnapshot {
+        /// The stream.
+        stream: StreamId,
+        /// The aggregate type.
+        aggregate_type: String,
+        /// The JSON pointer (RFC 6901) of the first string holding it (or of the member whose
+        /// key does).
+        pointer: String,
+    },
     /// An event type name is empty or too long. A caller bug.
     #[error("invalid event type {event_type:?}: {reason}")]
     InvalidEventType {

@@ -320,6 +320,7 @@ impl SnapshotStore for InMemoryStore {
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        snapshot.check()?;
         let mut log = self.lock();
         let key = (snapshot.stream_id.clone(), snapshot.aggregate_type.clone());
         // As PostgreSQL's store (save_snapshot.sql): a newer state version wins, then a higher

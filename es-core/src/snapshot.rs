@@ -34,6 +34,21 @@ pub struct Snapshot {
     pub taken_at: DateTime<Utc>,
 }
 
+impl Snapshot {
+    /// Refuses a state that no store can keep: a NUL character in a string or a key
+    /// ([`StoreError::NulInSnapshot`]). Every store calls it before writing.
+    pub fn check(&self) -> Result<(), StoreError> {
+        match crate::store::nul_pointer(&self.state) {
+            Some(pointer) => Err(StoreError::NulInSnapshot {
+                stream: self.stream_id.clone(),
+                aggregate_type: self.aggregate_type.clone(),
+                pointer,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Where snapshots live. Only the latest snapshot of a stream is kept.
 #[async_trait]
 pub trait SnapshotStore: Send + Sync + 'static {

@@ -98,7 +98,7 @@ impl StoreLimits {
 
 /// The JSON pointer (RFC 6901) of the first string in `value` that holds a NUL character, or
 /// of the first object member whose key does; None when there is none.
-fn nul_pointer(value: &Value) -> Option<String> {
+pub(crate) fn nul_pointer(value: &Value) -> Option<String> {
     fn segment(pointer: &str, key: &str) -> String {
         format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"))
     }

@@ -726,6 +726,7 @@ impl SnapshotStore for PgEventStore {
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        snapshot.check()?;
         sqlx::query(SAVE_SNAPSHOT)
             .bind(snapshot.stream_id.as_str())
             .bind(&snapshot.aggregate_type)
