@@ -1,7 +1,13 @@
 //! Traces: each command runs in a `command` span (aggregate, stream, expected version, attempt)
-//! and each batch in a `batch` span (projection, generation, positions, count). In a test binary
-//! of its own: its subscriber is the test thread's default, and in a binary shared with the
-//! observer's tests the batch spans were not seen (not understood yet; see the issue note).
+//! and each batch in a `batch` span (projection, generation, positions, count).
+//!
+//! In a test binary of its own, because its subscriber is the test thread's default
+//! (`set_default`): tracing caches each callsite's interest process-wide when the callsite is
+//! first hit, and while exactly one dispatcher is registered it asks the *hitting thread's*
+//! default (tracing-core `callsite.rs`, `Dispatchers::rebuilder` returning `Rebuilder::JustOne`).
+//! A sibling test's worker thread, with no subscriber, that reaches the `batch` callsite first
+//! caches `Interest::never`, and this test then sees no batch span: what happened when it shared
+//! a binary with the observer's tests.
 
 #![allow(clippy::unwrap_used)]
 
