@@ -258,12 +258,17 @@ where
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let cli = Cli::parse_from(args);
-    let subscriber = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    use tracing_subscriber::Layer as _;
+    // RUST_LOG filters what is printed only: traces are filtered on their own (observe::otel),
+    // so that quieter logs do not silence the export.
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,sqlx=warn".into()),
+            ),
+    );
     // With the `otel` feature and OTEL_EXPORTER_OTLP_ENDPOINT set, spans are exported too.
     #[cfg(feature = "otel")]
     let (subscriber, provider) = match observe::otel::layer(binary) {

@@ -184,7 +184,8 @@ fn transient(projection: &str, error: ProjectorError) -> ProjectionError {
     generation = lease.generation,
     first_position = batch.events.iter().map(|e| e.global_position.0).min(),
     last_position = batch.events.iter().map(|e| e.global_position.0).max(),
-    events = batch.events.len(),
+    // Signed, so that the OTLP export sends an integer (it sends an unsigned one as text).
+    events = i64::try_from(batch.events.len()).unwrap_or(i64::MAX),
 ))]
 pub(crate) async fn apply_and_checkpoint(
     tx: &mut PgConnection,
