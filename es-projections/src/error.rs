@@ -202,8 +202,42 @@ impl ProjectionError {
     }
 }
 
+/// `error` and each of its causes, joined by ": ": for a log line or a recorded failure, which
+/// would otherwise say "storage error: projection bookkeeping" without what PostgreSQL said.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let shown = c.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 impl From<sqlx::Error> for ProjectionError {
     fn from(error: sqlx::Error) -> Self {
         ProjectionError::Store(es_postgres::error::storage("projection bookkeeping", error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_joined_once() {
+        let store = ProjectionError::from(sqlx::Error::PoolTimedOut);
+        let text = with_causes(&store);
+        assert!(
+            text.starts_with("storage error: projection bookkeeping: ")
+                && text.contains("pool timed out"),
+            "{text}"
+        );
+        assert_eq!(text.matches("pool timed out").count(), 1, "{text}");
     }
 }

@@ -592,6 +592,7 @@ impl ProjectionTask {
                 Err(error) if error.is_transient() => {
                     self.recorder
                         .error(self.name(), self.unit.kind(), "transient");
+                    let error = crate::error::with_causes(&error);
                     warn!(projection = self.name(), %error, ?backoff, "transient error; retrying from the checkpoint");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -652,17 +653,17 @@ impl ProjectionTask {
                 let _ = checkpoint::release(&self.pool, &lease).await;
             }
             Err(error) if !error.is_transient() => {
+                let error = crate::error::with_causes(error);
                 error!(projection = self.name(), %error, "projection stopped");
-                match checkpoint::record_failure(&self.pool, &lease, &error.to_string(), "failed")
-                    .await
-                {
+                match checkpoint::record_failure(&self.pool, &lease, &error, "failed").await {
                     Ok(true) => {}
                     Ok(false) => warn!(
                         projection = self.name(),
                         "the failure was not recorded: the lease had been lost"
                     ),
                     Err(e) => {
-                        warn!(projection = self.name(), error = %e, "could not record the failure")
+                        let error = crate::error::with_causes(&e);
+                        warn!(projection = self.name(), %error, "could not record the failure")
                     }
                 }
             }
