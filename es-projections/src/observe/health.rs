@@ -20,8 +20,8 @@ use crate::status::ProjectionStatus;
 pub(crate) struct Progress {
     /// The checkpoint seen at the last sample.
     watermark: Option<i64>,
-    /// Since when it has been behind without its checkpoint moving (reset when it moves or
-    /// catches up).
+    /// Since when it has been behind without its checkpoint moving: the last sample that saw it
+    /// move or caught up, so up to one sample interval before it fell behind.
     since: Instant,
 }
 
