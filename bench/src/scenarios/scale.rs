@@ -425,7 +425,7 @@ fn section(args: &Args, f: Figures) -> String {
         "## Scale: the Deal workload at {events} events (`es-bench scale`)\n\
          \n\
          One database grown by the example's generator to {deals} deals and {events} events \
-         (first to {base} events, the real case's size, for the memory baseline), then \
+         (first to {base} events, for the memory baseline: the real case's size by default), then \
          measured there.{reduced} It took {total:.0} s in all ({base_gen:.0} s and {full_gen:.0} s \
          to generate) and {disk:.1} GiB of disk for the database (log, indexes, read table).\n\
          \n\
