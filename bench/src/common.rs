@@ -7,14 +7,40 @@ use crate::report::count;
 use crate::stats::Samples;
 use crate::BenchError;
 
-/// Writes a scenario's markdown section to `out` (creating its directory).
+/// Writes a scenario's markdown section to `out` (creating its directory), with how busy the
+/// machine was while the scenario ran (see [`crate::noise`]) under its heading.
 pub fn write_section(out: &Path, section: &str) -> Result<(), BenchError> {
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(out, section)?;
+    std::fs::write(out, with_noise_line(section, crate::noise::scenario()))?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// The section with a line under its heading (its first line) saying how busy the machine was.
+pub fn with_noise_line(section: &str, noise: Option<crate::noise::Noise>) -> String {
+    let line = match noise {
+        Some(noise) => format!("*Machine: {}.*", noise.sentence()),
+        None => "*Machine: how busy it was is unknown (no readable `/proc`).*".to_string(),
+    };
+    match section.split_once('\n') {
+        Some((heading, rest)) if heading.starts_with('#') => {
+            format!("{heading}\n\n{line}\n{}", rest)
+        }
+        _ => format!("{line}\n\n{section}"),
+    }
+}
+
+/// " — *noisy: …*" when `noise` was noisy, else nothing: every target verdict ends with it.
+pub fn noisy_note_of(noise: Option<crate::noise::Noise>) -> String {
+    match noise {
+        Some(noise) if noise.noisy() => format!(
+            " — *noisy: other processes used {:.2} cores meanwhile*",
+            noise.other
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Fails with `what` unless `ok`.
@@ -57,14 +83,25 @@ pub fn rate_spread(n: u64, samples: &Samples) -> String {
 
 /// "**met**" or "**missed**" with the shortfall, for a "higher is better" target.
 pub fn verdict_at_least(value: f64, target: f64, unit: &str) -> String {
-    if value >= target {
+    verdict_at_least_in(value, target, unit, crate::noise::scenario())
+}
+
+/// [`verdict_at_least`] for a figure measured during `noise` (one part of the scenario).
+pub fn verdict_at_least_in(
+    value: f64,
+    target: f64,
+    unit: &str,
+    noise: Option<crate::noise::Noise>,
+) -> String {
+    let verdict = if value >= target {
         format!("**met** ({value:.2}{unit} against {target:.2}{unit})")
     } else {
         format!(
             "**missed** ({value:.2}{unit} against {target:.2}{unit}: {:.0} % short)",
             (1.0 - value / target) * 100.0
         )
-    }
+    };
+    format!("{verdict}{}", noisy_note_of(noise))
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmHWM`, `VmRSS`), if readable.

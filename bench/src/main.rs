@@ -10,10 +10,13 @@
 //! variant of [`Scenario`], and a line in `scripts/bench`.
 //!
 //! Shared parts: [`fresh_db`] (a throw-away database), [`stats`] (timing samples, medians),
-//! [`report`] (markdown tables).
+//! [`report`] (markdown tables), [`noise`] (how busy the machine was with other work: measured
+//! here around every scenario and written under each section's heading by
+//! [`common::write_section`]; every target verdict says when it was noisy), [`svg`] (charts).
 
 mod common;
 mod fresh_db;
+mod noise;
 mod report;
 mod scenarios;
 mod stats;
@@ -51,9 +54,57 @@ enum Scenario {
     Lag(scenarios::lag::Args),
     /// A filtered query from the read table against folding the events on every read.
     Query(scenarios::query::Args),
+    /// The Deal workload at 20M events: append, status, verify, rebuild memory and holes at
+    /// that size (`scripts/bench --scale`).
+    Scale(scenarios::scale::Args),
+    /// Internal: runs another benchmark command, then adds to the section it wrote how busy the
+    /// machine was meanwhile (as every scenario of this binary does for itself).
+    #[command(hide = true)]
+    Wrap(WrapArgs),
     /// Internal: one rebuild in a child process, reporting its time and peak memory.
     #[command(hide = true)]
     RebuildChild(scenarios::catchup::ChildArgs),
+}
+
+/// Options of the hidden `wrap` subcommand.
+#[derive(Debug, clap::Args)]
+struct WrapArgs {
+    /// The markdown section the command writes.
+    #[arg(long)]
+    section: std::path::PathBuf,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, required = true)]
+    command: Vec<String>,
+}
+
+/// The postmaster of the server at `url`, if it runs on this machine (see [`noise`]).
+async fn find_postmaster(url: &str) -> Option<i32> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.ok()?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .ok()?;
+    let postmaster = noise::postmaster_of(pid);
+    conn.close().await.ok();
+    if postmaster.is_none() {
+        eprintln!("the server's processes are not on this machine: its CPU counts as other");
+    }
+    postmaster
+}
+
+async fn wrap(args: WrapArgs) -> Result<(), BenchError> {
+    let (program, rest) = args.command.split_first().ok_or("no command to run")?;
+    let mut command = std::process::Command::new(program);
+    command.args(rest);
+    let status = tokio::task::spawn_blocking(move || command.status()).await??;
+    common::check(status.success(), &format!("{program} failed: {status}"))?;
+    let section = std::fs::read_to_string(&args.section)?;
+    std::fs::write(
+        &args.section,
+        common::with_noise_line(&section, noise::scenario()),
+    )?;
+    Ok(())
 }
 
 #[tokio::main]
@@ -68,6 +119,9 @@ async fn main() -> Result<(), BenchError> {
     let url = cli
         .database_url
         .ok_or("DATABASE_URL (or --database-url) must name a PostgreSQL server")?;
+    if !matches!(cli.scenario, Scenario::RebuildChild(_)) {
+        noise::start_scenario(find_postmaster(&url).await);
+    }
     match cli.scenario {
         Scenario::Load(args) => scenarios::load::run(&url, args).await,
         Scenario::Append(args) => scenarios::append::run(&url, args).await,
@@ -75,6 +129,8 @@ async fn main() -> Result<(), BenchError> {
         Scenario::Catchup(args) => scenarios::catchup::run(&url, args).await,
         Scenario::Lag(args) => scenarios::lag::run(&url, args).await,
         Scenario::Query(args) => scenarios::query::run(&url, args).await,
+        Scenario::Scale(args) => scenarios::scale::run(&url, args).await,
+        Scenario::Wrap(args) => wrap(args).await,
         Scenario::RebuildChild(args) => scenarios::catchup::child(&url, args).await,
     }
 }

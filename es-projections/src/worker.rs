@@ -43,8 +43,17 @@ use crate::views;
 /// How a worker runs its projections.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// The most events read and applied in one transaction.
+    /// The most events read and applied in one transaction while the worker keeps up.
     pub batch_size: usize,
+    /// The most events read and applied in one transaction while the worker is behind (its
+    /// previous batch came back full: after downtime, a burst, a new projection's first run),
+    /// if larger than `batch_size`. Large batches cut the fixed cost per transaction (a read,
+    /// a checkpoint write, a commit), which is what makes a worker with small batches catch up
+    /// at a fraction of a rebuild's speed (0.42× with 500 against 0.84× with 5,000 in
+    /// `es-bench catchup`); small batches keep the latency low once caught up. The worker falls
+    /// back to `batch_size` after the first batch that is not full. Set it to `batch_size` or
+    /// less to never read more than `batch_size` at once.
+    pub catch_up_batch_size: usize,
     /// How often to look for new events when no notification arrives.
     pub poll_interval: Duration,
     /// How long a lease lasts without renewal: a standby takes over this long after the holder
@@ -60,6 +69,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             batch_size: 500,
+            catch_up_batch_size: 5000,
             poll_interval: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(10),
             error_policy: ErrorPolicy::Stop,
@@ -777,6 +787,9 @@ impl ProjectionTask {
         }
         let mut cursor: LogCursor = lease.cursor.clone();
         let mut renewed = Instant::now();
+        // Behind until a batch comes back short of its limit: the first batch after taking the
+        // lease is read at the catch-up size, as the worker may have been down.
+        let mut behind = true;
         loop {
             if self.stopping() {
                 return Ok(Held::Shutdown);
@@ -785,8 +798,13 @@ impl ProjectionTask {
                 return Ok(Held::Lost);
             }
             let started = Instant::now();
+            let limit = if behind {
+                self.config.batch_size.max(self.config.catch_up_batch_size)
+            } else {
+                self.config.batch_size
+            };
             let mut tx = self.pool.begin().await?;
-            let batch = read_batch(&mut tx, &cursor, self.config.batch_size).await?;
+            let batch = read_batch(&mut tx, &cursor, limit).await?;
             if batch.is_idle(&cursor) {
                 tx.rollback().await?;
                 if renewed.elapsed() >= ttl / 3 {
@@ -799,6 +817,7 @@ impl ProjectionTask {
                 continue;
             }
             let count = batch.events.len();
+            behind = count >= limit.max(1);
             let next = batch.next.clone();
             let mut blocked = self.blocked.clone();
             let Some(outcome) = apply_and_checkpoint(

@@ -116,6 +116,7 @@ async fn the_deals_table_equals_a_fold_of_the_events_including_legacy_rows() {
     // Small batches: many batches, deals spanning them.
     let config = WorkerConfig {
         batch_size: 97,
+        catch_up_batch_size: 0,
         poll_interval: Duration::from_millis(20),
         ..WorkerConfig::default()
     };

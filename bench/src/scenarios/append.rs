@@ -29,6 +29,7 @@ use crate::common::{check, rate, rate_median, rate_spread, verdict_at_least, wri
 use crate::fresh_db::with_fresh_database;
 use crate::report::{count, times, Table};
 use crate::stats::Samples;
+use crate::svg::{line_chart, write_chart, Axis, Series};
 use crate::BenchError;
 
 /// Options of `es-bench append`.
@@ -52,6 +53,10 @@ pub struct Args {
     /// Roughly how many events one repetition of a cell writes (bounds the run time).
     #[arg(long, default_value_t = 6_000)]
     events_per_cell: usize,
+    /// Where to write the chart (the section links to it by file name: keep it next to the
+    /// markdown it ends up in).
+    #[arg(long, default_value = "docs/benchmarks-append.svg")]
+    svg: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,15 +277,69 @@ async fn measure(pool: PgPool, args: &Args) -> Result<String, BenchError> {
     )
     .fetch_one(&pool)
     .await?;
+    let svg = write_chart(&args.svg, &chart(args, &cells))?;
     Ok(section(
         args,
         &cells,
         payload_bytes.unwrap_or(0.0),
         started.elapsed(),
+        &svg,
     ))
 }
 
-fn section(args: &Args, cells: &[Cell], payload_bytes: f64, elapsed: Duration) -> String {
+/// Events/s against events per append (both log scale): the framework and raw INSERT, one line
+/// each per number of writers.
+fn chart(args: &Args, cells: &[Cell]) -> String {
+    let mut series = Vec::new();
+    for &writers in &args.writers {
+        for (name, pick) in [("framework", 0), ("raw INSERT", 1)] {
+            let points: Vec<(f64, f64)> = cells
+                .iter()
+                .filter(|c| c.writers == writers)
+                .map(|c| {
+                    let samples = if pick == 0 { &c.framework } else { &c.raw };
+                    (c.batch as f64, rate_median(c.events, samples).max(1.0))
+                })
+                .collect();
+            series.push(Series {
+                name: format!(
+                    "{name}, {writers} writer{}",
+                    if writers == 1 { "" } else { "s" }
+                ),
+                points,
+            });
+        }
+    }
+    let values = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (lo, hi) = values.fold((f64::MAX, 1.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let batches = cells.iter().map(|c| c.batch as f64);
+    let (bmin, bmax) = batches.fold((f64::MAX, 1.0f64), |(a, b), v| (a.min(v), b.max(v)));
+    line_chart(
+        "Append throughput (medians): the framework against raw multi-row INSERT",
+        &Axis {
+            title: "events per append (log scale)".into(),
+            min: 10f64.powf(bmin.max(1.0).log10().floor()),
+            max: 10f64.powf(bmax.log10().ceil()).max(10.0),
+            log: true,
+        },
+        &Axis {
+            title: "events/s (log scale)".into(),
+            min: 10f64.powf(lo.max(1.0).log10().floor()),
+            max: 10f64.powf(hi.log10().ceil()),
+            log: true,
+        },
+        &series,
+        &[],
+    )
+}
+
+fn section(
+    args: &Args,
+    cells: &[Cell],
+    payload_bytes: f64,
+    elapsed: Duration,
+    svg: &str,
+) -> String {
     let mut table = Table::new(&[
         ">events per append",
         ">writers",
@@ -340,6 +399,8 @@ fn section(args: &Args, cells: &[Cell], payload_bytes: f64, elapsed: Duration) -
          {verdict}.\n\
          \n\
          {table}\n\
+         ![Append throughput]({svg})\n\
+         \n\
          How to read it: with one event per append both are bound by the commit (a WAL flush per \
          transaction, `synchronous_commit = on`); the framework's extra is the version check \
          (an index probe for `max(stream_version)`), the `unnest` of the column arrays, the \

@@ -370,12 +370,7 @@ pub async fn run(url: &str, args: Args) -> Result<(), BenchError> {
     }
     std::fs::write(&args.svg, svg)?;
     eprintln!("wrote {}", args.svg.display());
-    if let Some(parent) = args.out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&args.out, section)?;
-    eprintln!("wrote {}", args.out.display());
-    Ok(())
+    crate::common::write_section(&args.out, &section)
 }
 
 /// Load time (median, log scale) against stream length (log scale), one line per method.

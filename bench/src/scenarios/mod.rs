@@ -8,3 +8,4 @@ pub mod command;
 pub mod lag;
 pub mod load;
 pub mod query;
+pub mod scale;

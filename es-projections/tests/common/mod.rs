@@ -117,6 +117,8 @@ impl Projector for Audit {
 pub fn fast_config(owner: &str) -> WorkerConfig {
     WorkerConfig {
         batch_size: 100,
+        // Small batches always: tests count on batches of at most 100.
+        catch_up_batch_size: 0,
         poll_interval: Duration::from_millis(20),
         lease_ttl: Duration::from_secs(5),
         owner: owner.to_string(),
