@@ -84,6 +84,10 @@ enum Command {
         /// Events per transaction.
         #[arg(long, default_value_t = 500)]
         batch_size: usize,
+        /// Events per transaction while a projection is behind (its last batch came back
+        /// full), e.g. after downtime; 0 or anything up to --batch-size: never more than that.
+        #[arg(long, default_value_t = 5000)]
+        catch_up_batch_size: usize,
         /// Poll interval in milliseconds when no notification arrives (at least 1).
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
         poll_ms: u64,
@@ -317,6 +321,7 @@ async fn execute(
         Command::Run {
             projections,
             batch_size,
+            catch_up_batch_size,
             poll_ms,
             lease_ms,
             dead_letter,
@@ -327,6 +332,7 @@ async fn execute(
         } => {
             let mut config = worker.config().clone();
             config.batch_size = batch_size;
+            config.catch_up_batch_size = catch_up_batch_size;
             config.poll_interval = Duration::from_millis(poll_ms);
             config.lease_ttl = Duration::from_millis(lease_ms);
             config.error_policy = if dead_letter {
