@@ -124,8 +124,11 @@ async fn grouped_appends_on_a_table_grown_since_its_last_analyze_read_few_rows()
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let read = seq_rows_read(&db.pool).await - before;
     let written = (writers * appends) as i64;
+    // While the table is a page or two, scans are the right plan and read a few rows each;
+    // a plan that scans the table for every group reads of the order of written^2 / group
+    // size (500,550 rows here with the statement this replaced).
     assert!(
-        read < 10 * written,
+        read < 20 * written,
         "{written} appends read {read} rows of es_events by sequential scans"
     );
 }
