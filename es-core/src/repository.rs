@@ -263,59 +263,6 @@ impl<A> Cache<A> {
     }
 }
 
-#[cfg(test)]
-mod lru_tests {
-    use super::*;
-
-    fn id(name: &str) -> StreamId {
-        StreamId::new(name).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[test]
-    fn the_least_recently_put_entry_goes_first() {
-        let mut lru = Lru::new(2);
-        lru.put(&id("a"), 1, StreamVersion(1));
-        lru.put(&id("b"), 2, StreamVersion(1));
-        // "a" used again (taken by a command, put back after it): "b" is now the oldest.
-        let (state, version) = lru.take(&id("a")).unwrap_or_else(|| panic!("a is cached"));
-        lru.put(&id("a"), state + 10, StreamVersion(version.0 + 1));
-        lru.put(&id("c"), 3, StreamVersion(1));
-        assert!(
-            lru.take(&id("b")).is_none(),
-            "b was the least recently used"
-        );
-        assert_eq!(lru.take(&id("a")), Some((11, StreamVersion(2))));
-        assert_eq!(lru.take(&id("c")), Some((3, StreamVersion(1))));
-        assert!(lru.entries.is_empty() && lru.order.is_empty());
-    }
-
-    #[test]
-    fn a_taken_entry_is_gone_until_put_back_and_an_older_put_keeps_the_newer() {
-        let mut lru = Lru::new(4);
-        lru.put(&id("a"), 1, StreamVersion(1));
-        assert_eq!(lru.take(&id("a")), Some((1, StreamVersion(1))));
-        assert!(lru.take(&id("a")).is_none());
-        lru.put(&id("a"), 3, StreamVersion(3));
-        lru.put(&id("a"), 2, StreamVersion(2));
-        assert_eq!(lru.take(&id("a")), Some((3, StreamVersion(3))));
-    }
-
-    #[test]
-    fn capacity_holds_whatever_the_order_of_puts() {
-        let mut lru = Lru::new(3);
-        for round in 0..10u64 {
-            for name in ["a", "b", "c", "d", "e"] {
-                lru.put(&id(name), round, StreamVersion(round));
-                assert!(lru.entries.len() <= 3);
-                assert_eq!(lru.entries.len(), lru.order.len());
-            }
-        }
-        // The last three put are the ones kept.
-        assert!(lru.take(&id("a")).is_none() && lru.take(&id("b")).is_none());
-        assert!(lru.take(&id("c")).is_some() && lru.take(&id("e")).is_some());
-    }
-}
-
 /// Loads aggregates and executes commands against an [`EventStore`].
 ///
 /// ```
@@ -1261,5 +1208,58 @@ impl<A: Aggregate> Snapshots<A> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod lru_tests {
+    use super::*;
+
+    fn id(name: &str) -> StreamId {
+        StreamId::new(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_least_recently_put_entry_goes_first() {
+        let mut lru = Lru::new(2);
+        lru.put(&id("a"), 1, StreamVersion(1));
+        lru.put(&id("b"), 2, StreamVersion(1));
+        // "a" used again (taken by a command, put back after it): "b" is now the oldest.
+        let (state, version) = lru.take(&id("a")).unwrap_or_else(|| panic!("a is cached"));
+        lru.put(&id("a"), state + 10, StreamVersion(version.0 + 1));
+        lru.put(&id("c"), 3, StreamVersion(1));
+        assert!(
+            lru.take(&id("b")).is_none(),
+            "b was the least recently used"
+        );
+        assert_eq!(lru.take(&id("a")), Some((11, StreamVersion(2))));
+        assert_eq!(lru.take(&id("c")), Some((3, StreamVersion(1))));
+        assert!(lru.entries.is_empty() && lru.order.is_empty());
+    }
+
+    #[test]
+    fn a_taken_entry_is_gone_until_put_back_and_an_older_put_keeps_the_newer() {
+        let mut lru = Lru::new(4);
+        lru.put(&id("a"), 1, StreamVersion(1));
+        assert_eq!(lru.take(&id("a")), Some((1, StreamVersion(1))));
+        assert!(lru.take(&id("a")).is_none());
+        lru.put(&id("a"), 3, StreamVersion(3));
+        lru.put(&id("a"), 2, StreamVersion(2));
+        assert_eq!(lru.take(&id("a")), Some((3, StreamVersion(3))));
+    }
+
+    #[test]
+    fn capacity_holds_whatever_the_order_of_puts() {
+        let mut lru = Lru::new(3);
+        for round in 0..10u64 {
+            for name in ["a", "b", "c", "d", "e"] {
+                lru.put(&id(name), round, StreamVersion(round));
+                assert!(lru.entries.len() <= 3);
+                assert_eq!(lru.entries.len(), lru.order.len());
+            }
+        }
+        // The last three put are the ones kept.
+        assert!(lru.take(&id("a")).is_none() && lru.take(&id("b")).is_none());
+        assert!(lru.take(&id("c")).is_some() && lru.take(&id("e")).is_some());
     }
 }

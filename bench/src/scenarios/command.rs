@@ -559,7 +559,7 @@ fn section(
         secs = elapsed.as_secs_f64(),
         verdict = verdict_at_least(target, 1.5, "×"),
         lone_verdict = verdict_at_least(lone, 0.95, "×"),
-        grouped = format!("{grouped:.2}×"),
+        grouped = times(grouped),
         table = table.to_markdown(),
         hot = args.hot_commands,
         hot_table = hot_table.to_markdown(),
