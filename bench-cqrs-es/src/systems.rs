@@ -14,7 +14,7 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{CqrsFramework, EventStore as _};
 use es_core::{Repository, StreamId};
 use es_examples::deal::{Deal, DealCommand};
-use es_postgres::{GroupCommit, PgEventStore};
+use es_postgres::PgEventStore;
 use futures::TryStreamExt;
 use postgres_es::PostgresEventRepository;
 use serde_json::{Map, Value};
@@ -59,11 +59,12 @@ pub const RAW_DDL: &str = "CREATE TABLE raw_events (
 pub enum System {
     /// cqrs-es + postgres-es.
     CqrsEs,
-    /// es-core + es-postgres.
+    /// es-core + es-postgres as `Repository::new(PgEventStore::new(pool))` gives it: the
+    /// aggregate cache and the adaptive group commit on.
     Ours,
-    /// es-core + es-postgres with the repository's aggregate cache (`with_cache`).
+    /// The cache, over a store `without_group_commit()`.
     OursCached,
-    /// The cache, over a store that groups concurrent appends (`with_group_commit`).
+    /// No cache, no group commit (the default before both were on).
     OursGrouped,
     /// Hand-written SQL.
     Raw,
@@ -83,9 +84,9 @@ impl System {
     pub fn label(self) -> &'static str {
         match self {
             System::CqrsEs => "cqrs-es + postgres-es",
-            System::Ours => "ours (es-core + es-postgres)",
-            System::OursCached => "ours with the aggregate cache",
-            System::OursGrouped => "ours with the cache and group commit",
+            System::Ours => "ours, default (es-core + es-postgres)",
+            System::OursCached => "ours, cache without group commit",
+            System::OursGrouped => "ours, no cache, no group commit",
             System::Raw => "raw PostgreSQL",
         }
     }
@@ -124,13 +125,13 @@ impl Systems {
             PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
         let ours = Repository::<Deal>::new(PgEventStore::new(pool.clone()))
             .with_upcasters(Arc::new(es_examples::deal::upcasters()));
-        let ours_cached = Repository::<Deal>::new(PgEventStore::new(pool.clone()))
+        let alone = PgEventStore::new(pool.clone()).without_group_commit();
+        let ours_cached = Repository::<Deal>::new(alone.clone())
             .with_upcasters(Arc::new(es_examples::deal::upcasters()))
             .with_cache(100_000);
-        let grouped = PgEventStore::new(pool.clone()).with_group_commit(GroupCommit::default());
-        let ours_grouped = Repository::<Deal>::new(grouped)
+        let ours_grouped = Repository::<Deal>::new(alone)
             .with_upcasters(Arc::new(es_examples::deal::upcasters()))
-            .with_cache(100_000);
+            .without_cache();
         Ok(Self {
             pool,
             cqrs,

@@ -60,6 +60,14 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// Folds one event into the state.
     fn apply(&mut self, event: &Self::Event);
 
+    /// Folds one event the caller no longer needs into the state. Loading calls this with
+    /// each decoded event, which it owns: an aggregate that keeps parts of its events (strings,
+    /// maps) can override it to move them in instead of cloning them in [`Aggregate::apply`].
+    /// It must fold exactly as `apply` does. By default it calls `apply`.
+    fn apply_owned(&mut self, event: Self::Event) {
+        self.apply(&event);
+    }
+
     /// The unique values an event claims for its stream or releases (an e-mail address across
     /// all users): the repository writes them in the same transaction as the event, and a
     /// value another stream holds refuses the command with

@@ -90,7 +90,7 @@ pub use memory::InMemoryStore;
 pub use payload::Payload;
 pub use repository::{
     AcrossOutcome, CommandOptions, CommandOutcome, Decision, Loaded, Repository, RetryPolicy,
-    StreamOutcome,
+    StreamOutcome, DEFAULT_CACHE_CAPACITY,
 };
 pub use snapshot::{Snapshot, SnapshotPolicy, SnapshotStore, SnapshotWrite, StateSource};
 pub use store::{AppendResult, EventStore, StoreLimits};

@@ -6,7 +6,7 @@
 //! again on the fresh state: commands must therefore be `Clone`, and `handle` must be a pure
 //! decision (no side effects outside the returned events).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,37 +175,91 @@ struct Snapshots<A> {
     from_json: FromJson<A>,
 }
 
+/// How many aggregates a repository keeps in memory unless told otherwise
+/// ([`Repository::with_cache`], [`Repository::without_cache`]).
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
 /// Recently used aggregates, kept after each command so that the next command on the same
 /// stream skips reading it. A stale entry (another process appended meanwhile) is caught by the
-/// append's expected version, evicted, and the command is decided again on a fresh load.
+/// append's expected version, dropped, and the command is decided again on a fresh load.
+///
+/// A command takes its stream's entry out and puts the new state back after its append: the
+/// state is moved, never cloned (so any aggregate can be cached), and two commands on one stream
+/// in one process never share an entry (the second loads from the store). When full, the entry
+/// put back least recently goes.
 struct Cache<A> {
-    entries: Mutex<HashMap<StreamId, (A, StreamVersion)>>,
+    inner: Mutex<Lru<A>>,
+}
+
+/// A least-recently-used map: entries by stream, and the streams by when they were put.
+struct Lru<A> {
+    entries: HashMap<StreamId, (A, StreamVersion, u64)>,
+    /// Tick of each entry's last put -> its stream; the first is the least recently used.
+    order: BTreeMap<u64, StreamId>,
+    tick: u64,
     capacity: usize,
-    clone: fn(&A) -> A,
+}
+
+impl<A> Lru<A> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            tick: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn take(&mut self, stream: &StreamId) -> Option<(A, StreamVersion)> {
+        let (state, version, tick) = self.entries.remove(stream)?;
+        self.order.remove(&tick);
+        Some((state, version))
+    }
+
+    fn put(&mut self, stream: &StreamId, state: A, version: StreamVersion) {
+        if let Some((_, held, _)) = self.entries.get(stream) {
+            // A concurrent command of this process appended later and put its state first:
+            // keep the newer one.
+            if *held > version {
+                return;
+            }
+        }
+        self.take(stream);
+        while self.entries.len() >= self.capacity {
+            let Some((_, victim)) = self.order.pop_first() else {
+                break;
+            };
+            self.entries.remove(&victim);
+        }
+        self.tick += 1;
+        self.order.insert(self.tick, stream.clone());
+        self.entries
+            .insert(stream.clone(), (state, version, self.tick));
+    }
 }
 
 impl<A> Cache<A> {
-    fn get(&self, stream: &StreamId) -> Option<(A, StreamVersion)> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(stream)
-            .map(|(state, version)| ((self.clone)(state), *version))
+    fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(Lru::new(capacity)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru<A>> {
+        // Every critical section leaves the map consistent: a panic elsewhere cannot poison it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, stream: &StreamId) -> Option<(A, StreamVersion)> {
+        self.lock().take(stream)
     }
 
     fn put(&self, stream: &StreamId, state: A, version: StreamVersion) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity && !entries.contains_key(stream) {
-            // Evict an arbitrary entry: O(1), and good enough for a hot working set.
-            if let Some(victim) = entries.keys().next().cloned() {
-                entries.remove(&victim);
-            }
-        }
-        entries.insert(stream.clone(), (state, version));
+        self.lock().put(stream, state, version);
     }
 
     fn evict(&self, stream: &StreamId) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.remove(stream);
+        self.lock().take(stream);
     }
 }
 
@@ -267,7 +321,7 @@ impl<A: Aggregate> Repository<A> {
             retry: RetryPolicy::default(),
             snapshots: None,
             state_source: None,
-            cache: None,
+            cache: Some(Cache::new(DEFAULT_CACHE_CAPACITY)),
             checked: tokio::sync::OnceCell::new(),
         }
     }
@@ -388,7 +442,8 @@ impl<A: Aggregate> Repository<A> {
         for stored in events {
             let version = stored.stream_version;
             let event = self.upcasters.decode_fold::<A::Event>(stream, stored)?;
-            loaded.state.apply(&event);
+            // Decoded for this fold alone: moved in, not borrowed (and cloned from).
+            loaded.state.apply_owned(event);
             loaded.version = version;
             loaded.events_replayed += 1;
         }
@@ -463,7 +518,7 @@ impl<A: Aggregate> Repository<A> {
         let max_attempts = self.retry.max_attempts.max(1);
         let mut attempt = 1;
         // The first attempt may start from the cache; after a conflict, always from the store.
-        let mut cached = self.cache.as_ref().and_then(|c| c.get(stream));
+        let mut cached = self.cache.as_ref().and_then(|c| c.take(stream));
         loop {
             let from_cache = cached.is_some();
             let loaded = match cached.take() {
@@ -496,8 +551,14 @@ impl<A: Aggregate> Repository<A> {
                 if let Some(first) = self.stored_outcome(key.as_ref()).await? {
                     return self.replayed_single(stream, first, attempt).await;
                 }
+                // Nothing written: the state taken out of the cache (or just loaded) is still
+                // the stream's as of its version.
+                let version = loaded.version;
+                if let Some(cache) = &self.cache {
+                    cache.put(stream, loaded.state, version);
+                }
                 return Ok(CommandOutcome {
-                    stream_version: loaded.version,
+                    stream_version: version,
                     global_position: None,
                     events,
                     attempts: attempt,
@@ -901,6 +962,26 @@ impl<A: Aggregate> Repository<A> {
         })
     }
 
+    /// Keeps up to `capacity` recently used aggregates in memory (on by default, with
+    /// [`DEFAULT_CACHE_CAPACITY`]): a command on a cached stream skips the read and appends
+    /// with the cached version; if another writer got there first (another process, or a write
+    /// that bypassed this repository), the append conflicts, the entry is dropped and the
+    /// command is decided again on a fresh load. A refusal decided on cached state is always
+    /// re-checked on a fresh load, so stale state never causes a wrong refusal. When full, the
+    /// least recently used entry goes. Plain [`Repository::load`] never reads the cache.
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = Some(Cache::new(capacity));
+        self
+    }
+
+    /// Keeps no aggregate in memory: every command reads its stream first (one more round
+    /// trip per command; for aggregates too large to keep, or streams almost never commanded
+    /// twice).
+    pub fn without_cache(mut self) -> Self {
+        self.cache = None;
+        self
+    }
+
     fn evict(&self, stream: &StreamId) {
         if let Some(cache) = &self.cache {
             cache.evict(stream);
@@ -966,22 +1047,6 @@ impl<A: Aggregate> Repository<A> {
                 tokio::spawn(save);
             }
         }
-    }
-}
-
-impl<A: Aggregate + Clone> Repository<A> {
-    /// Keeps up to `capacity` recently used aggregates in memory: a command on a cached stream
-    /// skips the read and appends with the cached version; if another writer got there first,
-    /// the append conflicts, the entry is dropped and the command is decided again on a fresh
-    /// load. A refusal decided on cached state is always re-checked on a fresh load, so stale
-    /// state never causes a wrong refusal. Plain [`Repository::load`] never reads the cache.
-    pub fn with_cache(mut self, capacity: usize) -> Self {
-        self.cache = Some(Cache {
-            entries: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
-            clone: A::clone,
-        });
-        self
     }
 }
 
@@ -1143,5 +1208,58 @@ impl<A: Aggregate> Snapshots<A> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod lru_tests {
+    use super::*;
+
+    fn id(name: &str) -> StreamId {
+        StreamId::new(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_least_recently_put_entry_goes_first() {
+        let mut lru = Lru::new(2);
+        lru.put(&id("a"), 1, StreamVersion(1));
+        lru.put(&id("b"), 2, StreamVersion(1));
+        // "a" used again (taken by a command, put back after it): "b" is now the oldest.
+        let (state, version) = lru.take(&id("a")).unwrap_or_else(|| panic!("a is cached"));
+        lru.put(&id("a"), state + 10, StreamVersion(version.0 + 1));
+        lru.put(&id("c"), 3, StreamVersion(1));
+        assert!(
+            lru.take(&id("b")).is_none(),
+            "b was the least recently used"
+        );
+        assert_eq!(lru.take(&id("a")), Some((11, StreamVersion(2))));
+        assert_eq!(lru.take(&id("c")), Some((3, StreamVersion(1))));
+        assert!(lru.entries.is_empty() && lru.order.is_empty());
+    }
+
+    #[test]
+    fn a_taken_entry_is_gone_until_put_back_and_an_older_put_keeps_the_newer() {
+        let mut lru = Lru::new(4);
+        lru.put(&id("a"), 1, StreamVersion(1));
+        assert_eq!(lru.take(&id("a")), Some((1, StreamVersion(1))));
+        assert!(lru.take(&id("a")).is_none());
+        lru.put(&id("a"), 3, StreamVersion(3));
+        lru.put(&id("a"), 2, StreamVersion(2));
+        assert_eq!(lru.take(&id("a")), Some((3, StreamVersion(3))));
+    }
+
+    #[test]
+    fn capacity_holds_whatever_the_order_of_puts() {
+        let mut lru = Lru::new(3);
+        for round in 0..10u64 {
+            for name in ["a", "b", "c", "d", "e"] {
+                lru.put(&id(name), round, StreamVersion(round));
+                assert!(lru.entries.len() <= 3);
+                assert_eq!(lru.entries.len(), lru.order.len());
+            }
+        }
+        // The last three put are the ones kept.
+        assert!(lru.take(&id("a")).is_none() && lru.take(&id("b")).is_none());
+        assert!(lru.take(&id("c")).is_some() && lru.take(&id("e")).is_some());
     }
 }

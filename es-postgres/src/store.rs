@@ -7,7 +7,7 @@
 //! [`StoreError::Conflict`]. After a successful append the store wakes workers with NOTIFY on
 //! [`NOTIFY_CHANNEL`](crate::NOTIFY_CHANNEL) (coalesced; see [`crate::notify`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -57,6 +57,8 @@ pub struct PgEventStore {
     notifier: Arc<OnceLock<Option<Notifier>>>,
     group_commit: Option<GroupCommit>,
     committer: Arc<OnceLock<Option<GroupCommitter>>>,
+    /// Exact appends of this store (and its clones) in flight, grouped or not.
+    in_flight: Arc<AtomicUsize>,
     retention: Duration,
     /// When keys were last pruned (seconds since the epoch), shared by clones.
     last_prune: Arc<AtomicU64>,
@@ -83,8 +85,9 @@ impl PgEventStore {
             limits: StoreLimits::default(),
             notify: true,
             notifier: Arc::new(OnceLock::new()),
-            group_commit: None,
+            group_commit: Some(GroupCommit::default()),
             committer: Arc::new(OnceLock::new()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             retention: DEFAULT_RETENTION,
             // The first prune comes one interval after the store starts, not with its first
             // keyed commit: processes starting together do not all prune at once.
@@ -95,9 +98,19 @@ impl PgEventStore {
 
     /// Groups concurrent appends at an exact expected version into shared transactions (see
     /// [`crate::group_commit`]): more appends per second when many writers are bound by
-    /// commits, the same answers for each writer. Clones share the committers.
+    /// commits, the same answers for each writer. On by default with [`GroupCommit::default`]
+    /// (adaptive: a lone append is written at once, alone); this sets other settings. Clones
+    /// share the committers.
     pub fn with_group_commit(mut self, settings: GroupCommit) -> Self {
         self.group_commit = Some(settings);
+        self.committer = Arc::new(OnceLock::new());
+        self
+    }
+
+    /// Never groups appends: each is its own statement and transaction, written by the
+    /// caller's task (no committer tasks are started).
+    pub fn without_group_commit(mut self) -> Self {
+        self.group_commit = None;
         self.committer = Arc::new(OnceLock::new());
         self
     }
@@ -516,6 +529,26 @@ impl PgEventStore {
     }
 }
 
+/// One exact append in flight, counted until dropped.
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+    /// How many others were in flight when this one started.
+    others: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let others = count.fetch_add(1, Ordering::AcqRel);
+        Self { count, others }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -563,8 +596,17 @@ impl EventStore for PgEventStore {
             self.wake_workers();
             return single_result(stream, &committed);
         }
+        // Counted while in flight (until this future ends, however it ends), so that an
+        // adaptive store sees whether others are writing too.
+        let exact = matches!(Check::of(expected), Check::Exact(_));
+        let _in_flight = exact.then(|| InFlight::enter(&self.in_flight));
+        let others = _in_flight.as_ref().map_or(0, |f| f.others);
         let grouped = match (Check::of(expected), self.committer()) {
-            (Check::Exact(version), Some(committer)) => Some((version, committer)),
+            (Check::Exact(version), Some(committer))
+                if others > 0 || self.group_commit.is_some_and(|g| !g.alone_when_idle) =>
+            {
+                Some((version, committer))
+            }
             _ => None,
         };
         let appended = match grouped {

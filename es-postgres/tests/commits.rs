@@ -231,7 +231,7 @@ async fn a_commit_takes_its_streams_in_stream_order() {
 async fn racing_commits_over_overlapping_streams_are_whole_and_contiguous() {
     for group_commit in [false, true] {
         let db = TestDatabase::with_max_connections(40).await;
-        let mut store = PgEventStore::new(db.pool.clone());
+        let mut store = PgEventStore::new(db.pool.clone()).without_group_commit();
         if group_commit {
             store = store.with_group_commit(GroupCommit::default());
         }
@@ -672,4 +672,72 @@ async fn a_commit_takes_its_unique_values_in_order() {
         Some(stream("b")),
         "the refused commit released nothing"
     );
+}
+
+/// Two repositories on pools of their own (two processes, as far as PostgreSQL can tell), both
+/// with the default cache and group commit, command one stream. A command decided on a cached
+/// state the other moved past conflicts, reloads and is decided again: no command is lost or
+/// written twice, whatever the interleaving; first one step at a time, then racing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn default_caches_of_two_processes_never_write_on_stale_state() {
+    let db = TestDatabase::with_max_connections(20).await;
+    let other_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let first = Arc::new(Repository::<Counter>::new(PgEventStore::new(
+        db.pool.clone(),
+    )));
+    let second = Arc::new(Repository::<Counter>::new(PgEventStore::new(other_pool)));
+    let id = stream("shared-counter");
+    for _ in 0..3 {
+        first.execute(&id, 1).await.unwrap();
+    }
+    // The second moves the stream on; the first's cached entry (version 3) is now stale.
+    second.execute(&id, 10).await.unwrap();
+    let outcome = first.execute(&id, 100).await.unwrap();
+    assert_eq!(outcome.stream_version, StreamVersion(5));
+    assert_eq!(
+        outcome.attempts, 1,
+        "a stale entry is not counted as contention"
+    );
+    assert_eq!(first.load(&id).await.unwrap().state.value, 113);
+
+    let mut tasks = Vec::new();
+    for task in 0..16u64 {
+        let repository = if task % 2 == 0 { &first } else { &second }.clone();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut added = 0;
+            for _ in 0..10 {
+                match repository.execute(&id, 1).await {
+                    Ok(_) => added += 1,
+                    Err(RepositoryError::TooManyConflicts { .. }) => {}
+                    Err(other) => panic!("{other}"),
+                }
+            }
+            added
+        }));
+    }
+    let mut added = 0;
+    for task in tasks {
+        added += task.await.unwrap();
+    }
+    let events = first
+        .store()
+        .read_stream(&id, StreamVersion(0), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        events.len() as u64,
+        5 + added,
+        "one event per successful command"
+    );
+    assert!(events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.stream_version == StreamVersion(i as u64 + 1)));
+    assert_eq!(first.load(&id).await.unwrap().state.value, 113 + added);
+    assert_eq!(second.load(&id).await.unwrap().state.value, 113 + added);
 }

@@ -17,7 +17,14 @@ use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 fn grouped(db: &TestDatabase) -> Arc<PgEventStore> {
-    Arc::new(PgEventStore::new(db.pool.clone()).with_group_commit(GroupCommit::default()))
+    // Every exact append through the committers, so that the tests see grouping however the
+    // writers happen to be scheduled.
+    Arc::new(
+        PgEventStore::new(db.pool.clone()).with_group_commit(GroupCommit {
+            alone_when_idle: false,
+            ..GroupCommit::default()
+        }),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -26,6 +33,7 @@ async fn a_grouping_store_conforms() {
         PgEventStore::new(pool).with_group_commit(GroupCommit {
             max_appends: 8,
             committers: 2,
+            alone_when_idle: false,
         })
     })
     .await;
@@ -287,6 +295,7 @@ impl BusyCommitter {
             PgEventStore::new(db.pool.clone()).with_group_commit(GroupCommit {
                 max_appends: 64,
                 committers: 1,
+                alone_when_idle: false,
             }),
         );
         let (tx, pid) = hold(db, blocker, 1).await;

@@ -461,11 +461,10 @@ async fn a_failing_snapshot_store_never_fails_a_command() {
         ("tally-background", SnapshotWrite::Background),
     ] {
         let broken = Arc::new(BrokenSnapshots::default());
-        let tallies = Repository::<Tally>::new(store.clone()).with_snapshots(
-            broken.clone(),
-            SnapshotPolicy::EveryNEvents(EVERY),
-            write,
-        );
+        // No cache: every command loads, and so asks the (failing) snapshot store.
+        let tallies = Repository::<Tally>::new(store.clone())
+            .without_cache()
+            .with_snapshots(broken.clone(), SnapshotPolicy::EveryNEvents(EVERY), write);
         let id = stream(name);
         // 60 events a command: boundaries 100, 200 and 300 are crossed.
         add_through(&tallies, &id, 0, 300, 60).await;

@@ -163,6 +163,14 @@ impl Aggregate for Deal {
             DealEvent::Closed => self.closed = true,
         }
     }
+
+    // Loading owns each event: its fields move into the configuration, no clone.
+    fn apply_owned(&mut self, event: DealEvent) {
+        match event {
+            DealEvent::Configured { fields } => self.configuration.extend(fields),
+            other => self.apply(&other),
+        }
+    }
 }
 
 /// The stream of deal `n` as the load generator names it.
